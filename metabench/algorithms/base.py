@@ -1,0 +1,45 @@
+"""The one interface every algorithm implements, and the per-task objective it is scored by."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metabench.episodes import Episode
+
+
+def task_metrics(pred: Tensor, target: Tensor, classification: bool) -> dict[str, Tensor]:
+    """Per-task loss (cross-entropy or MSE) and, for classification, accuracy: each [tasks]."""
+    if classification:
+        loss = F.cross_entropy(pred.flatten(0, 1), target.flatten(), reduction="none")
+        acc = (pred.argmax(-1) == target).float().mean(1)
+        return {"loss": loss.view(target.shape).mean(1), "acc": acc}
+    return {"loss": ((pred - target) ** 2).flatten(1).mean(1)}
+
+
+class MetaLearner(nn.Module):
+    """``forward(episode) -> (loss, metrics)``: ``loss`` is the scalar to minimise (mean over
+    tasks), ``metrics`` maps names to per-task tensors [tasks] for logging and confidence
+    intervals. ``self.training`` selects the train or evaluation protocol (e.g. inner steps).
+
+    A learner never owns an optimiser, a loop, a logger or a device decision.
+    """
+
+    #: whether an episode's number of ways may differ from the one the learner was built with
+    any_ways: bool = True
+    #: which dataset kinds the learner handles
+    kinds: tuple[str, ...] = ("classification", "regression")
+
+    def __init__(self, backbone: nn.Module, kind: str, ways: int):
+        super().__init__()
+        self.backbone = backbone
+        self.kind = kind
+        self.ways = ways
+
+    def scored(self, pred: Tensor, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+        metrics = task_metrics(pred, episode.y_query, episode.is_classification)
+        return metrics["loss"].mean(), metrics
+
+    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover
+        raise NotImplementedError
+

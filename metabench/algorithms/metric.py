@@ -1,0 +1,30 @@
+"""Metric-based learners: embed support and query once per task, then score queries by a
+comparison with the support set that each subclass defines in ``logits``."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metabench.algorithms.base import MetaLearner
+from metabench.episodes import Episode
+
+
+class MetricLearner(MetaLearner):
+    kinds = ("classification",)
+
+    def embed(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Support and query embeddings [T, n, D], each task through the backbone as one batch
+        (so batch statistics are per task, at train and test alike)."""
+        n = episode.x_support.shape[1]
+        z = [self.backbone(torch.cat([episode.x_support[t], episode.x_query[t]]))
+             for t in range(episode.tasks)]
+        return torch.stack([e[:n] for e in z]), torch.stack([e[n:] for e in z])
+
+    def logits(self, z_support: Tensor, y_support: Tensor, z_query: Tensor,
+               ways: int) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+        zs, zq = self.embed(episode)
+        return self.scored(self.logits(zs, episode.y_support, zq, episode.ways), episode)

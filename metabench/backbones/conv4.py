@@ -1,0 +1,40 @@
+"""Conv-4 (Vinyals et al. 2016; used by MAML and ProtoNet): 4 x [conv3x3, norm, ReLU, maxpool 2]."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """``batch``: batch statistics of the current call, at train and test alike (no running
+    averages), so each task is normalised by itself: MAML's transductive protocol, applied to
+    every algorithm. ``none``: identity."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"backbone.norm={kind} is not one of: batch, none")
+
+
+class Conv4(nn.Module):
+    def __init__(self, input_shape: tuple[int, ...], hidden: int = 64, layers: int = 4,
+                 norm: str = "batch"):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"conv4 needs image input (C, H, W), got shape {tuple(input_shape)}")
+        blocks, c = [], input_shape[0]
+        for _ in range(layers):
+            blocks += [nn.Conv2d(c, hidden, 3, padding=1), make_norm(norm, hidden), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            c = hidden
+        self.features = nn.Sequential(*blocks)
+        with torch.no_grad():
+            self.map_shape = tuple(self.features(torch.zeros(2, *input_shape)).shape[1:])
+        self.out_dim = int(torch.tensor(self.map_shape).prod())
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)

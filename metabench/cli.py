@@ -1,0 +1,200 @@
+"""`metabench train|evaluate ...`: a thin layer that composes configs with Hydra, shows
+progress with rich, and turns user errors into one line and exit code 2."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Table
+
+from metabench.errors import ConfigError, UserError
+
+GROUPS = ("algo", "data", "backbone", "logger", "experiment")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def group_options(group: str) -> list[str]:
+    folder = resources.files("metabench.configs") / group
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+HELP = """usage: metabench <command> [key=value ...]
+
+commands:
+  train [overrides]                      meta-train; -m/--multirun sweeps comma lists
+  evaluate checkpoint=PATH [overrides]   test a checkpoint: mean accuracy (or MSE) +- 95% CI
+
+examples:
+  metabench train algo=maml data=omniglot data.ways=5 data.shots=1
+  metabench train experiment=quick_protonet_omniglot data.root=../shared/data/omniglot
+  metabench train -m algo=maml,protonet data.ways=5,20 data.shots=1,5
+  metabench evaluate checkpoint=outputs/<run>/checkpoints/best.pt data.ways=20
+
+`metabench train --help` shows Hydra's view of the whole composed config.
+
+config groups (choose with group=option):"""
+
+
+def print_help() -> None:
+    print(HELP)
+    for g in GROUPS:
+        print(f"  {g + ':':12s}{', '.join(group_options(g))}")
+
+
+def report_error(e: Exception) -> None:
+    for line in str(e).splitlines() or [type(e).__name__]:
+        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+
+
+def _fmt(point: dict[str, float]) -> str:
+    parts = []
+    for k, v in point.items():
+        if k.endswith(("_ci95", "/lr", "/best")) or "pre_" in k:
+            continue
+        parts.append(f"{k} {v:.2%}" if k.endswith("/acc") else f"{k} {v:.4f}")
+    return "  ".join(parts)
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A run stopped by validation leaves no folder behind, unless it already held results."""
+    if run_dir.is_dir() and not any((run_dir / n).exists() for n in ("checkpoints",
+                                                                     "metrics.jsonl")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train_task(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from metabench import run
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else None
+    if cfg.data.get("root"):
+        cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+               TextColumn("{task.fields[metrics]}")]
+    shown: dict[str, float] = {}
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task(run.run_name(cfg), total=cfg.train.iterations, metrics="")
+
+            def on_step(step: int, point: dict[str, float]) -> None:
+                if any(k.startswith("val/") for k in point):
+                    progress.console.print(f"step {step:>6}  {_fmt(point)}", highlight=False)
+                shown.update(point)
+                progress.update(task, completed=step, metrics=_fmt(
+                    {k: v for k, v in shown.items() if k.startswith("train/")}))
+
+            out = run.train(cfg, run_dir, say=progress.console.print, on_step=on_step,
+                            group=group)
+    except UserError as e:
+        report_error(e)
+        _remove_if_empty(run_dir)
+        if multirun:
+            raise
+        sys.exit(2)
+    table = Table(title=f"metabench train: {run.run_name(cfg)}")
+    for col in ("run dir", "iterations", "time", "best val", "test (95% CI)"):
+        table.add_column(col)
+    test = out.get("test")
+    acc = cfg.data.kind == "classification"
+    fmt = (lambda v: f"{v:.2%}") if acc else (lambda v: f"{v:.4f}")
+    table.add_row(str(run_dir), str(cfg.train.iterations), f"{out['seconds']:.0f}s",
+                  fmt(out["best_val"]),
+                  f"{fmt(test['mean'])} +- {fmt(test['ci95'])}" if test else "-")
+    console.print(table)
+
+
+def train_cmd(args: list[str]) -> int:
+    import hydra
+
+    app = hydra.main(version_base="1.3", config_path="pkg://metabench.configs",
+                     config_name="train")(_train_task)
+    argv = sys.argv
+    sys.argv = ["metabench train", *args]
+    try:
+        app()
+    finally:
+        sys.argv = argv
+    return 0
+
+
+def evaluate_cmd(args: list[str]) -> int:
+    from metabench import run
+    from metabench.checkpoint import load_checkpoint
+
+    try:
+        bad = [a for a in args if "=" not in a]
+        if bad:
+            raise ConfigError(f"expected key=value overrides, got: {' '.join(bad)}")
+        try:
+            overrides = OmegaConf.from_dotlist(args)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+        base = OmegaConf.load(resources.files("metabench.configs") / "evaluate.yaml")
+        checkpoint = overrides.pop("checkpoint", None)
+        if checkpoint is None:
+            raise ConfigError("evaluate needs checkpoint=PATH (e.g. outputs/<run>/checkpoints/"
+                              "best.pt)")
+        checkpoint = Path(str(checkpoint))
+        blob = load_checkpoint(checkpoint)
+        base.pop("checkpoint")
+        cfg = OmegaConf.create(blob["config"])
+        OmegaConf.set_struct(cfg, True)
+        try:
+            cfg = OmegaConf.merge(cfg, base, overrides)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+        if cfg.data.get("root"):
+            cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
+        with console.status("evaluating"):
+            results = run.evaluate(cfg, checkpoint, blob)
+    except UserError as e:
+        report_error(e)
+        return 2
+    acc = results["metric"] == "accuracy"
+    fmt = (lambda v: f"{100 * v:.2f}%") if acc else (lambda v: f"{v:.4f}")
+    table = Table(title=f"metabench evaluate: {checkpoint}")
+    for col in ("algo", "data", "setting", "episodes", results["metric"], "95% CI"):
+        table.add_column(col)
+    setting = (f"{results['ways']}-way {results['shots']}-shot" if acc
+               else f"{results['shots']}-shot")
+    table.add_row(results["algo"], results["data"], setting, str(results["episodes"]),
+                  fmt(results["mean"]), f"+- {fmt(results['ci95'])}")
+    if "pre_adaptation_mean" in results:
+        table.add_row("", "", "before adaptation", "", fmt(results["pre_adaptation_mean"]),
+                      f"+- {fmt(results['pre_adaptation_ci95'])}")
+    console.print(table)
+    console.print(f"results written to {checkpoint.parent / 'results.json'}", highlight=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print_help()
+        return 0
+    command, rest = args[0], args[1:]
+    if command == "train":
+        return train_cmd(rest)
+    if command == "evaluate":
+        if rest and rest[0] in ("-h", "--help"):
+            print(HELP.split("\n\n")[0])
+            return 0
+        return evaluate_cmd(rest)
+    err_console.print(f"[bold red]error:[/] unknown command {command!r} "
+                      "(commands: train, evaluate)", highlight=False)
+    return 2

@@ -1,0 +1,79 @@
+"""Episode sampling by indexing a class-major uint8 tensor that lives on the training device.
+
+Indices are drawn on the CPU from a seeded ``torch.Generator`` (a few hundred integers), so a
+seed gives the same episodes on every device; the images never leave the device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metabench.episodes import Episode, EpisodeSpec
+
+SPLITS = ("train", "val", "test")
+
+
+class ImageEpisodeSampler:
+    """Samples N-way K-shot Q-query tasks from ``images`` of shape [classes, per_class, C, H, W]."""
+
+    def __init__(self, images: Tensor, spec: EpisodeSpec):
+        self.images = images
+        self.spec = spec
+        self._weights = torch.ones(images.shape[0])
+        self._item_weights = torch.ones(images.shape[1])
+
+    def sample(self, tasks: int, generator: torch.Generator) -> Episode:
+        ways, shots, queries = self.spec.ways, self.spec.shots, self.spec.queries
+        n = shots + queries
+        classes = torch.multinomial(self._weights.expand(tasks, -1), ways, generator=generator)
+        items = torch.multinomial(self._item_weights.expand(tasks * ways, -1), n,
+                                  generator=generator).view(tasks, ways, n)
+        device = self.images.device
+        classes = classes.to(device, non_blocking=True)
+        items = items.to(device, non_blocking=True)
+        x = self.images[classes[:, :, None], items].float().div_(255.0)  # [T, W, n, C, H, W]
+        shape = x.shape[3:]
+        x_support = x[:, :, :shots].reshape(tasks, ways * shots, *shape)
+        x_query = x[:, :, shots:].reshape(tasks, ways * queries, *shape)
+        labels = torch.arange(ways, device=device)
+        y_support = labels.repeat_interleave(shots).expand(tasks, -1)
+        y_query = labels.repeat_interleave(queries).expand(tasks, -1)
+        return Episode(x_support, y_support, x_query, y_query, ways)
+
+
+class ImageClasses:
+    """A classification dataset: one uint8 tensor [classes, per_class, C, H, W] per split."""
+
+    kind = "classification"
+
+    def __init__(self, name: str, splits: dict[str, Tensor]):
+        missing = [s for s in SPLITS if s not in splits]
+        if missing:
+            raise ValueError(f"{name}: splits {missing} are missing")
+        self.name = name
+        self.splits = splits
+        self.input_shape = tuple(splits["train"].shape[2:])
+        self._on_device: dict[tuple[str, str], Tensor] = {}
+
+    def classes(self, split: str) -> int:
+        return self.splits[split].shape[0]
+
+    def per_class(self, split: str) -> int:
+        return self.splits[split].shape[1]
+
+    def problems(self, split: str, spec: EpisodeSpec, prefix: str = "data.") -> list[str]:
+        out = []
+        if spec.ways > self.classes(split):
+            out.append(f"{prefix}ways={spec.ways} exceeds the {self.classes(split)} classes of "
+                       f"the {self.name} {split} split")
+        if spec.shots + spec.queries > self.per_class(split):
+            out.append(f"{prefix}shots + {prefix}queries = {spec.shots + spec.queries} exceeds "
+                       f"the {self.per_class(split)} images per class of {self.name}")
+        return out
+
+    def sampler(self, split: str, spec: EpisodeSpec, device: torch.device) -> ImageEpisodeSampler:
+        key = (split, str(device))
+        if key not in self._on_device:  # move each split to the device once
+            self._on_device[key] = self.splits[split].to(device)
+        return ImageEpisodeSampler(self._on_device[key], spec)

@@ -1,0 +1,49 @@
+"""Episodes: a batch of few-shot tasks with a leading task dimension.
+
+Classification episodes are class-major: support labels are ``arange(ways)`` repeated
+``shots`` times, query labels likewise with ``queries``. Regression episodes carry float
+targets of shape ``[tasks, points, 1]`` and ``ways == 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """How many classes (ways), support shots and query examples per class a task has."""
+
+    ways: int
+    shots: int
+    queries: int
+
+
+@dataclass
+class Episode:
+    x_support: Tensor  # [T, ways*shots, *input_shape]
+    y_support: Tensor  # [T, ways*shots] int64, or [T, shots, 1] float for regression
+    x_query: Tensor  # [T, ways*queries, *input_shape]
+    y_query: Tensor  # [T, ways*queries] int64, or [T, queries, 1] float for regression
+    ways: int  # 0 for regression
+
+    @property
+    def tasks(self) -> int:
+        return self.x_support.shape[0]
+
+    @property
+    def is_classification(self) -> bool:
+        return self.ways > 0
+
+    def task(self, t: int) -> Episode:
+        """The t-th task alone, keeping a task dimension of 1."""
+        s = slice(t, t + 1)
+        return Episode(self.x_support[s], self.y_support[s], self.x_query[s], self.y_query[s],
+                       self.ways)
+
+    def to(self, device: torch.device | str) -> Episode:
+        return Episode(self.x_support.to(device), self.y_support.to(device),
+                       self.x_query.to(device), self.y_query.to(device), self.ways)

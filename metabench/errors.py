@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints them as one line and exits with code 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's config, files or data, reported without a traceback."""
+
+
+class ConfigError(UserError):
+    """The composed config cannot run (sizes, incompatible choices, unknown keys)."""
+
+
+class DataError(UserError):
+    """The dataset is missing, malformed or cannot be fetched."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint or results file is missing, truncated or not metabench's."""

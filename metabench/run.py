@@ -1,0 +1,271 @@
+"""Builds the objects a config names, checks the config against the data before any work, and
+runs training or evaluation. The only place that turns config into objects."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from metabench.algorithms.base import MetaLearner
+from metabench.checkpoint import load_checkpoint, save_checkpoint
+from metabench.episodes import EpisodeSpec
+from metabench.errors import ConfigError, UserError
+from metabench.evaluation import run_episodes, summarize
+from metabench.files import atomic_write_json
+from metabench.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
+from metabench.loop import LoopSettings, fit
+
+TRAIN_KEYS = {"iterations", "meta_batch", "lr", "lr_decay_every", "lr_decay", "weight_decay",
+              "grad_clip", "log_every", "eval_every", "val_episodes", "resume",
+              "evaluate_at_end"}
+EVAL_KEYS = {"episodes", "batch", "seed", "val_seed"}
+POSITIVE = ["data.ways", "data.shots", "data.queries", "data.train_ways", "data.train_shots",
+            "data.train_queries", "train.iterations", "train.meta_batch", "train.log_every",
+            "train.eval_every", "train.val_episodes", "eval.episodes", "eval.batch"]
+
+
+def _node_kwargs(node: DictConfig) -> dict[str, Any]:
+    """A config node as instantiate() arguments; ``name`` labels the choice, it is no argument."""
+    d = OmegaConf.to_container(node, resolve=True)
+    d.pop("name", None)
+    return d
+
+
+def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """The one way objects are made from config: ``_target_`` plus the node's other keys."""
+    try:
+        return instantiate(_node_kwargs(node), **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ if e.__cause__ is not None else e
+        if isinstance(cause, UserError):
+            raise cause from None
+        msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"{what}: {msg}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name} is not one of: auto, cpu, cuda, cuda:N") from None
+
+
+def episode_spec(cfg: DictConfig, training: bool) -> EpisodeSpec:
+    p = "train_" if training else ""
+    d = cfg.data
+    return EpisodeSpec(int(d[f"{p}ways"]), int(d[f"{p}shots"]), int(d[f"{p}queries"]))
+
+
+def check_static(cfg: DictConfig) -> list[str]:
+    """Problems visible from the config alone: sizes, unknown keys, algorithm/data kinds."""
+    problems = []
+    for key in POSITIVE:
+        v = OmegaConf.select(cfg, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            problems.append(f"{key}={v} must be a positive integer")
+    for section, allowed in (("train", TRAIN_KEYS), ("eval", EVAL_KEYS)):
+        for k in sorted(set(cfg.get(section, {}).keys()) - allowed):
+            problems.append(f"{section}.{k} is not a known key (known: {', '.join(sorted(allowed))})")
+    try:
+        cls = get_class(cfg.algo._target_)
+    except Exception:
+        return problems + [f"algo._target_={cfg.algo._target_} cannot be imported"]
+    kind = cfg.data.kind
+    if kind not in cls.kinds:
+        problems.append(f"algo={cfg.algo.name} does not handle {kind} data (data={cfg.data.name})")
+    if not cls.any_ways and kind == "classification" and cfg.data.ways != cfg.data.train_ways:
+        problems.append(f"algo={cfg.algo.name} has a fixed {cfg.data.train_ways}-way head: "
+                        f"data.ways={cfg.data.ways} must equal the training ways")
+    return problems
+
+
+def check_data(cfg: DictConfig, data: Any, splits: tuple[str, ...]) -> list[str]:
+    problems = []
+    for split in splits:
+        training = split == "train"
+        prefix = "data.train_" if training else "data."
+        problems += data.problems(split, episode_spec(cfg, training), prefix)
+    return list(dict.fromkeys(problems))
+
+
+def raise_problems(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def build_data(cfg: DictConfig) -> Any:
+    return build(cfg.data.source, "data")
+
+
+def build_learner(cfg: DictConfig, data: Any) -> MetaLearner:
+    backbone = build(cfg.backbone, "backbone", input_shape=tuple(data.input_shape))
+    ways = int(cfg.data.train_ways) if data.kind == "classification" else 0
+    return build(cfg.algo, "algo", backbone=backbone, kind=data.kind, ways=ways)
+
+
+def prepare(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, MetaLearner, torch.device]:
+    """Validate, load data and build the learner; raises ConfigError/DataError before any work."""
+    raise_problems(check_static(cfg))
+    device = resolve_device(str(cfg.device))
+    data = build_data(cfg)
+    raise_problems(check_data(cfg, data, splits))
+    learner = build_learner(cfg, data).to(device)
+    return data, learner, device
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "sampler": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    generator.set_state(state["sampler"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_name(cfg: DictConfig) -> str:
+    d = cfg.data
+    shape = f"{d.ways}w{d.shots}s" if cfg.data.kind == "classification" else f"{d.shots}shot"
+    return f"{cfg.algo.name}-{d.name}-{shape}-seed{cfg.seed}"
+
+
+def run_tags(cfg: DictConfig) -> list[str]:
+    d = cfg.data
+    return [cfg.algo.name, d.name, cfg.backbone.name, f"{d.ways}-way", f"{d.shots}-shot",
+            f"seed{cfg.seed}"]
+
+
+def make_logger(cfg: DictConfig, run_dir: Path, say: Callable[[str], None], append: bool,
+                run_id: str | None, group: str | None) -> tuple[Logger, str | None]:
+    jsonl = JsonlLogger(run_dir / "metrics.jsonl", append=append)
+    if cfg.logger.name != "wandb":
+        return jsonl, None
+    lg = cfg.logger
+    wb = WandbLogger(run_dir, OmegaConf.to_container(cfg, resolve=True), project=lg.project,
+                     name=run_name(cfg), group=lg.group or group, tags=run_tags(cfg) + list(lg.tags),
+                     mode=lg.mode, entity=lg.entity, run_id=run_id, say=say)
+    return MultiLogger(jsonl, wb), getattr(wb, "id", None)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop logged points after ``step`` so a resumed run does not log them twice."""
+    if not path.exists():
+        return
+    import json
+
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip()
+            and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
+          on_step: Callable[[int, dict[str, float]], None] | None = None,
+          group: str | None = None) -> dict[str, Any]:
+    """Meta-train as ``cfg`` says, writing config, metrics and checkpoints under ``run_dir``."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    data, learner, device = prepare(cfg, ("train", "val", "test"))
+    t = cfg.train
+    optimizer = torch.optim.Adam(learner.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t.lr_decay_every, gamma=t.lr_decay)
+                 if t.lr_decay_every > 0 else None)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    ckpt_dir = run_dir / "checkpoints"
+    start, best, run_id = 0, -math.inf, None
+    last = ckpt_dir / "last.pt"
+    if t.resume and last.exists():
+        blob = load_checkpoint(last)
+        learner.load_state_dict(blob["model"])
+        optimizer.load_state_dict(blob["optimizer"])
+        if scheduler is not None and blob.get("scheduler"):
+            scheduler.load_state_dict(blob["scheduler"])
+        set_rng_state(blob["rng"], generator)
+        start, best, run_id = blob["step"], blob["best_val"], blob.get("wandb_id")
+        _truncate_metrics(run_dir / "metrics.jsonl", start)
+        say(f"resuming from {last} at step {start}")
+    config = OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    logger, run_id = make_logger(cfg, run_dir, say, append=start > 0, run_id=run_id, group=group)
+
+    def save(step: int, best_val: float, is_best: bool) -> None:
+        state = {"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict() if scheduler else None, "step": step,
+                 "best_val": best_val, "rng": rng_state(generator), "config": config,
+                 "wandb_id": run_id}
+        save_checkpoint(last, state)
+        if is_best:
+            save_checkpoint(ckpt_dir / "best.pt", state)
+
+    settings = LoopSettings(t.iterations, t.meta_batch, t.log_every, t.eval_every,
+                            t.val_episodes, cfg.eval.batch, cfg.eval.val_seed, t.grad_clip)
+    train_sampler = data.sampler("train", episode_spec(cfg, True), device)
+    val_sampler = data.sampler("val", episode_spec(cfg, False), device)
+    started = time.perf_counter()
+    try:
+        out = fit(learner, optimizer, scheduler, train_sampler, val_sampler, settings, generator,
+                  logger, save, start_step=start, best_val=best, on_step=on_step)
+        out["seconds"] = time.perf_counter() - started
+        kind_acc = data.kind == "classification"
+        best_val = out["best_val"] if kind_acc else -out["best_val"]
+        logger.summary({"val/best": best_val, "train/seconds": out["seconds"]})
+        out["best_val"] = best_val
+        if t.evaluate_at_end:
+            out["test"] = evaluate_loaded(cfg, data, learner, device,
+                                          load_checkpoint(ckpt_dir / "best.pt"),
+                                          ckpt_dir / "best.pt")
+            logger.summary({f"test/{k}": v for k, v in out["test"].items()
+                            if k in ("mean", "ci95")})
+    finally:
+        logger.close()
+    return out
+
+
+def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: torch.device,
+                    blob: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
+    """Test ``blob``'s weights on ``eval.episodes`` seeded test episodes; write results.json."""
+    learner.load_state_dict(blob["model"])
+    spec = episode_spec(cfg, False)
+    per = run_episodes(learner, data.sampler("test", spec, device), cfg.eval.episodes,
+                       cfg.eval.batch, cfg.eval.seed)
+    summary = summarize(per)
+    classification = data.kind == "classification"
+    key = "acc" if classification else "loss"
+    results = {
+        "metric": "accuracy" if classification else "mse",
+        "mean": summary[key][0], "ci95": summary[key][1], "episodes": int(cfg.eval.episodes),
+        "ways": spec.ways, "shots": spec.shots, "queries": spec.queries,
+        "algo": cfg.algo.name, "data": cfg.data.name, "backbone": cfg.backbone.name,
+        "seed": int(cfg.seed), "step": int(blob["step"]), "checkpoint": str(checkpoint),
+    }
+    pre = f"pre_{key}"
+    if pre in summary:  # e.g. MAML: the same episodes before adaptation
+        results["pre_adaptation_mean"], results["pre_adaptation_ci95"] = summary[pre]
+    atomic_write_json(results, Path(checkpoint).parent / "results.json")
+    return results
+
+
+def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any]) -> dict[str, Any]:
+    data, learner, device = prepare(cfg, ("test",))
+    if tuple(blob["model"].keys()) != tuple(learner.state_dict().keys()):
+        raise ConfigError(f"checkpoint {checkpoint} does not fit algo={cfg.algo.name} "
+                          f"backbone={cfg.backbone.name}")
+    return evaluate_loaded(cfg, data, learner, device, blob, checkpoint)
