@@ -203,6 +203,7 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
         _truncate_metrics(run_dir / "metrics.jsonl", start)
         say(f"resuming from {last} at step {start}")
     config = OmegaConf.to_container(cfg, resolve=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     logger, run_id = make_logger(cfg, run_dir, say, append=start > 0, run_id=run_id, group=group)
 
