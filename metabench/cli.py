@@ -8,7 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.progress import (
@@ -151,23 +151,33 @@ def evaluate_cmd(args: list[str]) -> int:
         except OmegaConfBaseException as e:
             raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
         base = OmegaConf.load(resources.files("metabench.configs") / "evaluate.yaml")
-        checkpoint = overrides.pop("checkpoint", None)
-        if checkpoint is None:
+        logger = None
+        if isinstance(overrides.get("logger"), str):  # logger=none|wandb picks a group option
+            name = overrides.pop("logger")
+            options = group_options("logger")
+            if name not in options:
+                raise ConfigError(f"logger={name} is not one of: {', '.join(options)}")
+            logger = OmegaConf.load(resources.files("metabench.configs") / "logger" /
+                                    f"{name}.yaml")
+        settings = OmegaConf.merge(base, overrides)
+        if OmegaConf.is_missing(settings, "checkpoint"):
             raise ConfigError("evaluate needs checkpoint=PATH (e.g. outputs/<run>/checkpoints/"
                               "best.pt)")
-        checkpoint = Path(str(checkpoint))
+        checkpoint = Path(str(settings.pop("checkpoint")))
         blob = load_checkpoint(checkpoint)
-        base.pop("checkpoint")
         cfg = OmegaConf.create(blob["config"])
         OmegaConf.set_struct(cfg, True)
         try:
-            cfg = OmegaConf.merge(cfg, base, overrides)
+            cfg = OmegaConf.merge(cfg, settings)
         except OmegaConfBaseException as e:
             raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+        if logger is not None:
+            with open_dict(cfg):
+                cfg.logger = logger
         if cfg.data.get("root"):
             cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
         with console.status("evaluating"):
-            results = run.evaluate(cfg, checkpoint, blob)
+            results = run.evaluate(cfg, checkpoint, blob, say=console.print)
     except UserError as e:
         report_error(e)
         return 2

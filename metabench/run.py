@@ -78,7 +78,8 @@ def check_static(cfg: DictConfig) -> list[str]:
             problems.append(f"{key}={v} must be a positive integer")
     for section, allowed in (("train", TRAIN_KEYS), ("eval", EVAL_KEYS)):
         for k in sorted(set(cfg.get(section, {}).keys()) - allowed):
-            problems.append(f"{section}.{k} is not a known key (known: {', '.join(sorted(allowed))})")
+            problems.append(f"{section}.{k} is not a known key "
+                            f"(known: {', '.join(sorted(allowed))})")
     try:
         cls = get_class(cfg.algo._target_)
     except Exception:
@@ -161,8 +162,9 @@ def make_logger(cfg: DictConfig, run_dir: Path, say: Callable[[str], None], appe
         return jsonl, None
     lg = cfg.logger
     wb = WandbLogger(run_dir, OmegaConf.to_container(cfg, resolve=True), project=lg.project,
-                     name=run_name(cfg), group=lg.group or group, tags=run_tags(cfg) + list(lg.tags),
-                     mode=lg.mode, entity=lg.entity, run_id=run_id, say=say)
+                     name=run_name(cfg), group=lg.group or group,
+                     tags=run_tags(cfg) + list(lg.tags), mode=lg.mode, entity=lg.entity,
+                     run_id=run_id, say=say)
     return MultiLogger(jsonl, wb), getattr(wb, "id", None)
 
 
@@ -233,8 +235,9 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
             out["test"] = evaluate_loaded(cfg, data, learner, device,
                                           load_checkpoint(ckpt_dir / "best.pt"),
                                           ckpt_dir / "best.pt")
-            logger.summary({f"test/{k}": v for k, v in out["test"].items()
-                            if k in ("mean", "ci95")})
+            metric = out["test"]["metric"]
+            logger.summary({f"test/{metric}": out["test"]["mean"],
+                            f"test/{metric}_ci95": out["test"]["ci95"]})
     finally:
         logger.close()
     return out
@@ -264,9 +267,24 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
     return results
 
 
-def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any]) -> dict[str, Any]:
+def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any],
+             say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Test a checkpoint; with logger=wandb the result also lands in the training run's
+    W&B summary (the same run id, resumed)."""
     data, learner, device = prepare(cfg, ("test",))
     if tuple(blob["model"].keys()) != tuple(learner.state_dict().keys()):
         raise ConfigError(f"checkpoint {checkpoint} does not fit algo={cfg.algo.name} "
                           f"backbone={cfg.backbone.name}")
-    return evaluate_loaded(cfg, data, learner, device, blob, checkpoint)
+    results = evaluate_loaded(cfg, data, learner, device, blob, checkpoint)
+    if cfg.logger.name == "wandb":
+        lg = cfg.logger
+        wb = WandbLogger(Path(checkpoint).resolve().parent.parent,
+                         OmegaConf.to_container(cfg, resolve=True), project=lg.project,
+                         name=run_name(cfg), group=lg.group, tags=run_tags(cfg) + list(lg.tags),
+                         mode=lg.mode, entity=lg.entity, run_id=blob.get("wandb_id"),
+                         job_type="evaluate", say=say)
+        wb.summary({f"test/{results['metric']}": results["mean"],
+                    f"test/{results['metric']}_ci95": results["ci95"],
+                    "test/episodes": results["episodes"]})
+        wb.close()
+    return results

@@ -45,12 +45,12 @@ def explicit_meta_grad(learner: MAML, ep: Episode, steps: int, first_order: bool
         xs, ys, xq, yq = ep.x_support[t], ep.y_support[t], ep.x_query[t], ep.y_query[t]
         thetas = [theta0]
         for _ in range(steps):
-            g = torch.autograd.functional.jacobian(lambda v: loss(v, xs, ys), thetas[-1])
+            g = torch.autograd.functional.jacobian(lambda v, xs=xs, ys=ys: loss(v, xs, ys), thetas[-1])
             thetas.append(thetas[-1] - a * g)
-        grad = torch.autograd.functional.jacobian(lambda v: loss(v, xq, yq), thetas[-1])
+        grad = torch.autograd.functional.jacobian(lambda v, xq=xq, yq=yq: loss(v, xq, yq), thetas[-1])
         if not first_order:
             for th in reversed(thetas[:-1]):
-                h = torch.autograd.functional.hessian(lambda v: loss(v, xs, ys), th)
+                h = torch.autograd.functional.hessian(lambda v, xs=xs, ys=ys: loss(v, xs, ys), th)
                 grad = grad - a * (h @ grad)
         total += grad
     return total / ep.tasks

@@ -1,0 +1,197 @@
+"""The CLI end to end (train -> checkpoints -> evaluate -> results.json, W&B offline history)
+and bad input: one clear line, a non-zero exit, no traceback, nothing existing touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from wandb_records import history, run_info
+
+from metabench.checkpoint import load_checkpoint
+
+FAST = ["data=synthetic", "data.source.image_size=16", "train.iterations=30",
+        "train.log_every=10", "train.eval_every=15", "train.val_episodes=20",
+        "eval.episodes=40", "eval.batch=20"]
+
+
+def metabench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "COLUMNS": "200"}
+    env.pop("WANDB_API_KEY", None)
+    return subprocess.run([sys.executable, "-m", "metabench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One ProtoNet run with W&B offline, shared by the checks below."""
+    root = tmp_path_factory.mktemp("cli")
+    run_dir = root / "run"
+    r = metabench("train", *FAST, "logger=wandb", f"hydra.run.dir={run_dir}", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, run_dir, r
+
+
+def test_train_writes_config_metrics_checkpoints(trained):
+    _, run_dir, r = trained
+    cfg = (run_dir / "config.yaml").read_text()
+    assert "name: protonet" in cfg and "iterations: 30" in cfg and "${" not in cfg
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rows if "train/loss" in x] == [10, 20, 30]
+    assert [x["step"] for x in rows if "val/acc" in x] == [15, 30]
+    blob = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert blob["step"] == 30 and blob["config"]["algo"]["name"] == "protonet"
+    assert {"model", "optimizer", "rng", "best_val"} <= set(blob)
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    best_val = max(x["val/acc"] for x in rows if "val/acc" in x)
+    assert best["best_val"] == pytest.approx(best_val)
+    assert "metabench train: protonet-synthetic-5w1s-seed0" in r.stdout
+
+
+def test_wandb_offline_run_holds_history(trained):
+    _, run_dir, r = trained
+    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = history(files[0])
+    steps = [row["_step"] for row in rows if "train/loss" in row]
+    assert steps == [x["step"] for x in logged if "train/loss" in x]
+    val = [row["val/acc"] for row in rows if "val/acc" in row]
+    assert val == pytest.approx([x["val/acc"] for x in logged if "val/acc" in x])
+    info = run_info(files[0])
+    assert info.display_name == "protonet-synthetic-5w1s-seed0"
+    assert {"protonet", "synthetic", "5-way", "1-shot"} <= set(info.tags)
+    assert "wandb sync" in r.stdout
+
+
+def test_evaluate_results_are_deterministic_and_complete(trained):
+    root, run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    results = ckpt.parent / "results.json"
+    outs = []
+    for _ in range(2):
+        r = metabench("evaluate", f"checkpoint={ckpt}", "eval.episodes=60", "logger=none",
+                      cwd=root)
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(results.read_text()))
+    assert outs[0] == outs[1]
+    res = outs[0]
+    assert res["metric"] == "accuracy" and 0.0 <= res["mean"] <= 1.0 and res["ci95"] > 0
+    assert (res["episodes"], res["ways"], res["shots"]) == (60, 5, 1)
+    assert (res["algo"], res["data"]) == ("protonet", "synthetic")
+    assert "95% CI" in r.stdout and f"{100 * res['mean']:.2f}%" in r.stdout
+
+
+def test_evaluate_in_another_setting(trained):
+    root, run_dir, _ = trained
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    r = metabench("evaluate", f"checkpoint={ckpt}", "data.ways=10", "data.shots=5",
+                  "eval.episodes=20", "logger=none", cwd=root)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((ckpt.parent / "results.json").read_text())
+    assert (res["ways"], res["shots"], res["episodes"]) == (10, 5, 20)
+
+
+def test_help_lists_commands_and_groups(tmp_path):
+    r = metabench("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for word in ("train", "evaluate", "algo:", "maml", "protonet", "omniglot", "conv4",
+                 "quick_protonet_omniglot"):
+        assert word in r.stdout
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_env(tmp_path_factory):
+    """A small Omniglot, a MAML checkpoint, a truncated checkpoint and an existing run."""
+    from helpers import write_omniglot_zip
+
+    root = tmp_path_factory.mktemp("bad")
+    omni = root / "omni"
+    omni.mkdir()
+    write_omniglot_zip(omni / "images_background.zip", "images_background",
+                       {"A": 3, "B": 2, "C": 2})
+    write_omniglot_zip(omni / "images_evaluation.zip", "images_evaluation", {"D": 3})
+    run = root / "maml"
+    r = metabench("train", *FAST, "algo=maml", "train.meta_batch=2", "logger=none",
+                  "train.evaluate_at_end=false", f"hydra.run.dir={run}", cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    good = run / "checkpoints" / "last.pt"
+    (root / "truncated.pt").write_bytes(good.read_bytes()[:5000])
+    (root / "foreign.pt").write_bytes(b"hello")
+    torch.save({"weights": torch.zeros(2)}, root / "other.pt")
+    return root, omni, good
+
+
+OMNI = ["data=omniglot", "data.split=background", "logger=none"]
+
+BAD = {
+    "unknown algo": (["train", "algo=nope"], "Could not find 'algo/nope'"),
+    "unknown data": (["train", "data=nope"], "Could not find 'data/nope'"),
+    "unknown backbone": (["train", "backbone=nope"], "Could not find 'backbone/nope'"),
+    "unknown key": (["train", "train.iteratons=5"], "iteratons"),
+    "shots+queries > 20": (["train", *OMNI, "data.shots=10", "data.queries=15"],
+                           "= 25 exceeds the 20 images per class of omniglot"),
+    "ways > classes": (["train", *OMNI, "data.ways=50"],
+                       "data.ways=50 exceeds the 12 classes of the omniglot test split"),
+    "train ways > classes": (["train", *OMNI, "data.train_ways=21"],
+                             "data.train_ways=21 exceeds the 20 classes"),
+    "zero ways": (["train", *OMNI, "data.ways=0"], "data.ways=0 must be a positive integer"),
+    "negative iterations": (["train", "data=synthetic", "train.iterations=-5"],
+                            "train.iterations=-5 must be a positive integer"),
+    "wrong type": (["train", "data=synthetic", "train.meta_batch=abc"],
+                   "train.meta_batch=abc must be a positive integer"),
+    "missing dataset": (["train", "data=omniglot", "data.root=/nonexistent/omniglot"],
+                        "Omniglot not found: place images_background.zip and "
+                        "images_evaluation.zip"),
+    "protonet on regression": (["train", "data=sinusoid", "backbone=mlp"],
+                               "algo=protonet does not handle regression data"),
+    "conv4 on vectors": (["train", "algo=maml", "data=sinusoid"],
+                         "backbone: conv4 needs image input"),
+    "evaluate without checkpoint": (["evaluate"], "evaluate needs checkpoint=PATH"),
+    "missing checkpoint": (["evaluate", "checkpoint=nope.pt"], "checkpoint nope.pt does not exist"),
+    "truncated checkpoint": (["evaluate", "checkpoint=truncated.pt"],
+                             "checkpoint truncated.pt is truncated or unreadable"),
+    "foreign file": (["evaluate", "checkpoint=foreign.pt"], "truncated or unreadable"),
+    "foreign checkpoint": (["evaluate", "checkpoint=other.pt"],
+                           "other.pt is not a metabench checkpoint"),
+    "maml other ways": (["evaluate", "checkpoint=GOOD", "data.ways=3"],
+                        "algo=maml has a fixed 5-way head"),
+    "evaluate unknown key": (["evaluate", "checkpoint=GOOD", "eval.nope=3"], "nope"),
+    "unknown command": (["trian"], "unknown command 'trian'"),
+}
+
+
+# one line per problem: data.train_* follow data.*, and every split is checked
+LINES = {"zero ways": 2, "shots+queries > 20": 2, "ways > classes": 3}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_nonzero_exit(case, bad_env):
+    root, omni, good = bad_env
+    args, expected = BAD[case]
+    args = [a.replace("GOOD", str(good)) for a in args]
+    if "data=omniglot" in args and "data.root=/nonexistent/omniglot" not in args:
+        args.append(f"data.root={omni}")
+    run_dir = root / "runs" / re.sub(r"\W+", "_", case)
+    if args[0] == "train":
+        args.append(f"hydra.run.dir={run_dir}")
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    r = metabench(*args, cwd=root)
+    assert r.returncode != 0
+    assert expected in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    if "Could not" not in expected and "iteratons" not in expected:
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert all(ln.startswith("error:") for ln in lines), r.stderr
+        assert len(lines) == LINES.get(case, 1), r.stderr
+    assert not run_dir.exists()  # validation failed before a run folder was kept
+    after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p in before}
+    assert after == before  # nothing that existed was modified
