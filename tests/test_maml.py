@@ -3,6 +3,8 @@ FOMAML's first-order gradient, learning on synthetic images and on sinusoids."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,14 +45,17 @@ def explicit_meta_grad(learner: MAML, ep: Episode, steps: int, first_order: bool
     total = torch.zeros_like(theta0)
     for t in range(ep.tasks):
         xs, ys, xq, yq = ep.x_support[t], ep.y_support[t], ep.x_query[t], ep.y_query[t]
+        jac, hess = torch.autograd.functional.jacobian, torch.autograd.functional.hessian
+        support = functools.partial(loss, x=xs, y=ys)
+        query = functools.partial(loss, x=xq, y=yq)
         thetas = [theta0]
         for _ in range(steps):
-            g = torch.autograd.functional.jacobian(lambda v, xs=xs, ys=ys: loss(v, xs, ys), thetas[-1])
+            g = jac(support, thetas[-1])
             thetas.append(thetas[-1] - a * g)
-        grad = torch.autograd.functional.jacobian(lambda v, xq=xq, yq=yq: loss(v, xq, yq), thetas[-1])
+        grad = jac(query, thetas[-1])
         if not first_order:
             for th in reversed(thetas[:-1]):
-                h = torch.autograd.functional.hessian(lambda v, xs=xs, ys=ys: loss(v, xs, ys), th)
+                h = hess(support, th)
                 grad = grad - a * (h @ grad)
         total += grad
     return total / ep.tasks
