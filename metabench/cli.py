@@ -93,25 +93,32 @@ def _train_task(cfg: DictConfig) -> None:
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                TextColumn("{task.fields[metrics]}")]
     shown: dict[str, float] = {}
+    # the bar starts with the first step, after validation and data loading
+    progress = Progress(*columns, console=console, transient=False)
+    task = progress.add_task(run.run_name(cfg), total=cfg.train.iterations, metrics="")
+
+    def on_step(step: int, point: dict[str, float]) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        if any(k.startswith("val/") for k in point):
+            progress.console.print(f"step {step:>6}  {_fmt(point)}", highlight=False)
+        shown.update(point)
+        progress.update(task, completed=step, metrics=_fmt(
+            {k: v for k, v in shown.items() if k.startswith("train/")}))
+
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task(run.run_name(cfg), total=cfg.train.iterations, metrics="")
-
-            def on_step(step: int, point: dict[str, float]) -> None:
-                if any(k.startswith("val/") for k in point):
-                    progress.console.print(f"step {step:>6}  {_fmt(point)}", highlight=False)
-                shown.update(point)
-                progress.update(task, completed=step, metrics=_fmt(
-                    {k: v for k, v in shown.items() if k.startswith("train/")}))
-
-            out = run.train(cfg, run_dir, say=progress.console.print, on_step=on_step,
-                            group=group)
+        out = run.train(cfg, run_dir, say=progress.console.print, on_step=on_step, group=group)
     except UserError as e:
+        if progress.live.is_started:
+            progress.stop()
         report_error(e)
         _remove_if_empty(run_dir)
         if multirun:
             raise
-        sys.exit(2)
+        sys.exit(e.exit_code)
+    finally:
+        if progress.live.is_started:
+            progress.stop()
     table = Table(title=f"metabench train: {run.run_name(cfg)}")
     for col in ("run dir", "iterations", "time", "best val", "test (95% CI)"):
         table.add_column(col)
@@ -180,7 +187,7 @@ def evaluate_cmd(args: list[str]) -> int:
             results = run.evaluate(cfg, checkpoint, blob, say=console.print)
     except UserError as e:
         report_error(e)
-        return 2
+        return e.exit_code
     acc = results["metric"] == "accuracy"
     fmt = (lambda v: f"{100 * v:.2f}%") if acc else (lambda v: f"{v:.4f}")
     table = Table(title=f"metabench evaluate: {checkpoint}")

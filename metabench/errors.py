@@ -4,6 +4,8 @@
 class UserError(Exception):
     """A problem with the user's config, files or data, reported without a traceback."""
 
+    exit_code = 2
+
 
 class ConfigError(UserError):
     """The composed config cannot run (sizes, incompatible choices, unknown keys)."""
@@ -15,3 +17,11 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint or results file is missing, truncated or not metabench's."""
+
+
+class TrainingStopped(UserError):
+    """Training stopped early (non-finite loss, Ctrl-C); the last checkpoint is kept."""
+
+
+class Interrupted(TrainingStopped):
+    exit_code = 130

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from metabench.algorithms.base import MetaLearner
-from metabench.errors import UserError
+from metabench.errors import Interrupted, TrainingStopped
 from metabench.evaluation import run_episodes, summarize
 from metabench.loggers import Logger
 
@@ -28,10 +28,6 @@ class LoopSettings:
     grad_clip: float = 0.0
 
 
-class NonFiniteLoss(UserError):
-    pass
-
-
 def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None, train_sampler, val_sampler,
         settings: LoopSettings, generator: torch.Generator, logger: Logger,
@@ -41,48 +37,61 @@ def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
     """Train from ``start_step`` to ``settings.iterations``; returns the best validation score.
 
     ``save(step, best_val, is_best)`` writes checkpoints; the validation score is accuracy for
-    classification and minus the loss for regression, so higher is always better.
+    classification and minus the loss for regression, so higher is always better. Ctrl-C saves
+    the last finished step before stopping; a non-finite loss stops without saving.
     """
     learner.train()
     running: dict[str, torch.Tensor] = {}
-    seen = 0
-    for step in range(start_step + 1, settings.iterations + 1):
-        episode = train_sampler.sample(settings.meta_batch, generator)
-        loss, metrics = learner(episode)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(learner.parameters(), settings.grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        for k, v in metrics.items():  # summed on the device: no host sync between log points
-            running[k] = running.get(k, 0) + v.detach().mean()
-        seen += 1
+    seen, done = 0, start_step
+    try:
+        for step in range(start_step + 1, settings.iterations + 1):
+            episode = train_sampler.sample(settings.meta_batch, generator)
+            loss, metrics = learner(episode)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(learner.parameters(), settings.grad_clip)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            for k, v in metrics.items():  # summed on the device: no host sync between log points
+                running[k] = running.get(k, 0) + v.detach().mean()
+            seen += 1
+            done = step
 
-        last = step == settings.iterations
-        shown: dict[str, float] = {}
-        if step % settings.log_every == 0 or last:
-            point = {f"train/{k}": (v / seen).item() for k, v in running.items()}
-            if not all(math.isfinite(v) for v in point.values()):
-                raise NonFiniteLoss(f"training loss became non-finite at step {step}; the last "
-                                    "good checkpoint is kept")
-            point["train/lr"] = optimizer.param_groups[0]["lr"]
-            logger.log(point, step)
-            running, seen = {}, 0
-            shown.update(point)
-        if step % settings.eval_every == 0 or last:
-            val = summarize(run_episodes(learner, val_sampler, settings.val_episodes,
-                                         settings.eval_batch, settings.val_seed))
-            point = {f"val/{k}": m for k, (m, _) in val.items()}
-            point.update({f"val/{k}_ci95": c for k, (_, c) in val.items()})
-            score = val["acc"][0] if "acc" in val else -val["loss"][0]
-            is_best = score > best_val
-            best_val = max(best_val, score)
-            point["val/best"] = best_val if "acc" in val else -best_val
-            logger.log(point, step)
-            save(step, best_val, is_best)
-            shown.update(point)
-        if on_step:
-            on_step(step, shown)
+            last = step == settings.iterations
+            shown: dict[str, float] = {}
+            if step % settings.log_every == 0 or last:
+                point = {f"train/{k}": (v / seen).item() for k, v in running.items()}
+                check_finite(point.values(), step)
+                point["train/lr"] = optimizer.param_groups[0]["lr"]
+                logger.log(point, step)
+                running, seen = {}, 0
+                shown.update(point)
+            if step % settings.eval_every == 0 or last:
+                check_finite([torch.stack([p.detach().sum() for p in learner.parameters()]).sum()
+                              .item()], step)
+                val = summarize(run_episodes(learner, val_sampler, settings.val_episodes,
+                                             settings.eval_batch, settings.val_seed))
+                point = {f"val/{k}": m for k, (m, _) in val.items()}
+                point.update({f"val/{k}_ci95": c for k, (_, c) in val.items()})
+                score = val["acc"][0] if "acc" in val else -val["loss"][0]
+                is_best = score > best_val
+                best_val = max(best_val, score)
+                point["val/best"] = best_val if "acc" in val else -best_val
+                logger.log(point, step)
+                save(step, best_val, is_best)
+                shown.update(point)
+            if on_step:
+                on_step(step, shown)
+    except KeyboardInterrupt:
+        save(done, best_val, False)
+        raise Interrupted(f"interrupted after step {done}; checkpoints/last.pt holds it: resume "
+                          "with train.resume=true and the same hydra.run.dir") from None
     return {"best_val": best_val}
+
+
+def check_finite(values, step: int) -> None:
+    if not all(math.isfinite(v) for v in values):
+        raise TrainingStopped(f"training loss or weights became non-finite by step {step}; "
+                              "stopped, the last good checkpoint is kept")

@@ -20,13 +20,13 @@ from metabench.checkpoint import load_checkpoint, save_checkpoint
 from metabench.episodes import EpisodeSpec
 from metabench.errors import ConfigError, UserError
 from metabench.evaluation import run_episodes, summarize
-from metabench.files import atomic_write_json
+from metabench.files import atomic_write, atomic_write_json
 from metabench.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
 from metabench.loop import LoopSettings, fit
 
 TRAIN_KEYS = {"iterations", "meta_batch", "lr", "lr_decay_every", "lr_decay", "weight_decay",
               "grad_clip", "log_every", "eval_every", "val_episodes", "resume",
-              "evaluate_at_end"}
+              "evaluate_at_end", "task_batching"}
 EVAL_KEYS = {"episodes", "batch", "seed", "val_seed"}
 POSITIVE = ["data.ways", "data.shots", "data.queries", "data.train_ways", "data.train_shots",
             "data.train_queries", "train.iterations", "train.meta_batch", "train.log_every",
@@ -174,9 +174,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     import json
 
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip()
-            and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            if json.loads(ln).get("step", 0) <= step:
+                keep.append(ln)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+    atomic_write(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
 
 
 def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,

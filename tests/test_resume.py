@@ -1,0 +1,101 @@
+"""Crash safety: a run killed with SIGKILL and resumed ends with the same weights as an
+uninterrupted run; Ctrl-C writes a checkpoint; a non-finite loss stops with a clear line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metabench.checkpoint import load_checkpoint
+
+ARGS = ["data=synthetic", "data.source.image_size=16", "logger=none", "train.iterations=120",
+        "train.log_every=5", "train.eval_every=10", "train.val_episodes=10",
+        "train.evaluate_at_end=false", "train.lr_decay_every=30"]
+
+
+def command(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "metabench", "train", *ARGS, *extra, f"hydra.run.dir={run_dir}"]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def wait_for_step(run_dir: Path, proc: subprocess.Popen, step: int, timeout: float = 300) -> None:
+    metrics = run_dir / "metrics.jsonl"
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        if metrics.exists():
+            lines = [ln for ln in metrics.read_text().splitlines() if ln.endswith("}")]
+            if any("val/acc" in ln and json.loads(ln)["step"] >= step for ln in lines):
+                return
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach the kill point")
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    blob = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert blob["step"] == 120
+    return blob["model"]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    subprocess.run(command(whole), env=env(), check=True, capture_output=True, cwd=tmp_path)
+
+    proc = subprocess.Popen(command(cut), env=env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for_step(cut, proc, 40)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    killed_at = load_checkpoint(cut / "checkpoints" / "last.pt")["step"]
+    assert 40 <= killed_at < 120
+
+    r = subprocess.run(command(cut, "train.resume=true"), env=env(), capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {cut / 'checkpoints' / 'last.pt'} at step {killed_at}" in \
+        r.stdout.replace("\n", "")
+    a, b = weights(whole), weights(cut)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
+    # the metrics history has each point once
+    steps = [json.loads(ln)["step"] for ln in (cut / "metrics.jsonl").read_text().splitlines()
+             if "train/loss" in ln]
+    assert steps == sorted(set(steps)) and steps[-1] == 120
+
+
+def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(command(run_dir, "train.iterations=100000"), env=env(),
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for_step(run_dir, proc, 10)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "interrupted after step" in err and "train.resume=true" in err
+    assert "Traceback" not in err
+    step = int(err.split("interrupted after step ")[1].split(";")[0])
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == step >= 10
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    r = subprocess.run(command(run_dir, "train.lr=1e30", "algo=maml", "train.meta_batch=2",
+                               "algo.inner_lr=1e30"),
+                       env=env(), capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert "became non-finite by step" in r.stderr and "Traceback" not in r.stderr
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():  # whatever was saved holds finite weights
+        blob = load_checkpoint(last)
+        assert all(torch.isfinite(v).all() for v in blob["model"].values())
