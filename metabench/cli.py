@@ -77,7 +77,12 @@ def _remove_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+_task_started = False
+
+
 def _train_task(cfg: DictConfig) -> None:
+    global _task_started
+    _task_started = True
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -140,6 +145,12 @@ def train_cmd(args: list[str]) -> int:
     sys.argv = ["metabench train", *args]
     try:
         app()
+    except SystemExit as e:
+        # Hydra reports a config it cannot compose (unknown option or key, bad override
+        # syntax) and exits 1 before our task starts: that is bad input, exit code 2
+        if e.code == 1 and not _task_started:
+            return 2
+        raise
     finally:
         sys.argv = argv
     return 0

@@ -26,7 +26,7 @@ from metabench.loop import LoopSettings, fit
 
 TRAIN_KEYS = {"iterations", "meta_batch", "lr", "lr_decay_every", "lr_decay", "weight_decay",
               "grad_clip", "log_every", "eval_every", "val_episodes", "resume",
-              "evaluate_at_end", "task_batching"}
+              "evaluate_at_end", "task_batching", "channels_last"}
 EVAL_KEYS = {"episodes", "batch", "seed", "val_seed"}
 POSITIVE = ["data.ways", "data.shots", "data.queries", "data.train_ways", "data.train_shots",
             "data.train_queries", "train.iterations", "train.meta_batch", "train.log_every",
@@ -124,7 +124,19 @@ def prepare(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, MetaLearner,
     data = build_data(cfg)
     raise_problems(check_data(cfg, data, splits))
     learner = build_learner(cfg, data).to(device)
+    if channels_last(cfg, data):
+        learner = learner.to(memory_format=torch.channels_last)
     return data, learner, device
+
+
+def channels_last(cfg: DictConfig, data: Any) -> bool:
+    """Whether images and conv weights use channels_last strides (train.channels_last)."""
+    return bool(cfg.train.get("channels_last", False)) and len(data.input_shape) == 3
+
+
+def sampler(cfg: DictConfig, data: Any, split: str, device: torch.device):
+    return data.sampler(split, episode_spec(cfg, split == "train"), device,
+                        channels_last=channels_last(cfg, data))
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -225,8 +237,8 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
 
     settings = LoopSettings(t.iterations, t.meta_batch, t.log_every, t.eval_every,
                             t.val_episodes, cfg.eval.batch, cfg.eval.val_seed, t.grad_clip)
-    train_sampler = data.sampler("train", episode_spec(cfg, True), device)
-    val_sampler = data.sampler("val", episode_spec(cfg, False), device)
+    train_sampler = sampler(cfg, data, "train", device)
+    val_sampler = sampler(cfg, data, "val", device)
     started = time.perf_counter()
     try:
         out = fit(learner, optimizer, scheduler, train_sampler, val_sampler, settings, generator,
@@ -253,7 +265,7 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
     """Test ``blob``'s weights on ``eval.episodes`` seeded test episodes; write results.json."""
     learner.load_state_dict(blob["model"])
     spec = episode_spec(cfg, False)
-    per = run_episodes(learner, data.sampler("test", spec, device), cfg.eval.episodes,
+    per = run_episodes(learner, sampler(cfg, data, "test", device), cfg.eval.episodes,
                        cfg.eval.batch, cfg.eval.seed)
     summary = summarize(per)
     classification = data.kind == "classification"

@@ -170,9 +170,10 @@ def baseline_protonet_loss(encoder, ep: Episode) -> torch.Tensor:
 
 # --- the benchmark -----------------------------------------------------------------------
 
-def make_maml(device, channels_last=False) -> MAML:
+def make_maml(device, channels_last=False, task_batching="auto") -> MAML:
     torch.manual_seed(0)
-    m = MAML(Conv4((1, 28, 28)), "classification", 5, inner_lr=0.4, inner_steps=1).to(device)
+    m = MAML(Conv4((1, 28, 28)), "classification", 5, inner_lr=0.4, inner_steps=1,
+             task_batching=task_batching).to(device)
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
@@ -201,7 +202,9 @@ def to_channels_last(ep: Episode) -> Episode:
 
 
 def meta_grad_check(device, dtype, sampler) -> float:
-    """Max relative difference between metabench's and the baseline's MAML meta-gradient."""
+    """Max relative difference between metabench's and the baseline's MAML meta-gradient
+    (TF32 off, so float32 means float32 on CUDA too)."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     learner = make_maml(device).to(dtype)
     ep = sampler.sample(4, torch.Generator().manual_seed(5))
     ep = Episode(ep.x_support.to(dtype), ep.y_support, ep.x_query.to(dtype), ep.y_query, 5)
@@ -239,9 +242,12 @@ def main() -> None:
     for name, (spec, tasks, make) in settings.items():
         row: dict = {"spec": vars(spec), "tasks": tasks}
         sampler = data.sampler("train", spec, device)
-        for variant, cl in (("metabench", False), ("metabench_channels_last", True)):
+        variants = [("metabench", False, {}), ("metabench_channels_last", True, {})]
+        if name == "maml" and device.type == "cuda":  # auto = vmap there; time the loop too
+            variants.append(("metabench_loop", False, {"task_batching": "loop"}))
+        for variant, cl, kw in variants:
             reset_peak(device)
-            learner = make(device, cl)
+            learner = make(device, cl, **kw)
             opt = torch.optim.Adam(learner.parameters(), 1e-3)
             gen = torch.Generator().manual_seed(0)
             times = timed(ours_step(learner, sampler, tasks, opt, gen, cl), device,
@@ -308,6 +314,9 @@ def print_table(r: dict) -> None:
           f"float64 {g['float64']:.2e}")
     print(f"ProtoNet: 600 test episodes (5w1s15q) evaluated in "
           f"{r['protonet_eval_600_episodes_s']:.1f} s")
+    if "metabench_loop" in r["maml"]:
+        print(f"MAML task batching: vmap (auto) {r['maml']['metabench']['it_per_s']:.3f} it/s, "
+              f"per-task loop {r['maml']['metabench_loop']['it_per_s']:.3f} it/s")
     for name in ("maml", "protonet"):
         x = r[name]
         print(f"peak memory {name}: metabench {x['metabench']['peak_mb']:.0f} MB, "

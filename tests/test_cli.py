@@ -212,7 +212,7 @@ def test_bad_input_one_line_nonzero_exit(case, bad_env):
         args.append(f"hydra.run.dir={run_dir}")
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
     r = metabench(*args, cwd=root)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert expected in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     if not any(hydra in r.stderr for hydra in ("Could not", "Key 'iteratons'")):
@@ -222,3 +222,25 @@ def test_bad_input_one_line_nonzero_exit(case, bad_env):
     assert not run_dir.exists()  # validation failed before a run folder was kept
     after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p in before}
     assert after == before  # nothing that existed was modified
+
+
+def test_hydra_composition_errors_exit_2(tmp_path):
+    r = metabench("train", "algo=nope", cwd=tmp_path)
+    assert r.returncode == 2 and "Available options in 'algo'" in r.stderr
+
+
+def test_wandb_failure_is_a_warning_not_a_crash(tmp_path, monkeypatch):
+    import wandb
+
+    from metabench.loggers import WandbLogger
+
+    def broken_init(**kwargs):
+        raise RuntimeError("api key rejected")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    with pytest.warns(UserWarning, match="W&B disabled for this run: api key rejected"):
+        lg = WandbLogger(tmp_path, {}, project="p", name="n", group=None, tags=[])
+    lg.log({"train/loss": 1.0}, step=1)  # no-ops, no exception
+    lg.summary({"val/best": 0.5})
+    lg.close()
+    assert lg.run is None

@@ -82,3 +82,14 @@ def test_sampler_property(classes, per_class, data):
     ep = ImageEpisodeSampler(tagged_images(classes, per_class), spec).sample(
         tasks, torch.Generator().manual_seed(seed))
     check_episode(ep, spec, classes, tasks)
+
+
+def test_channels_last_sampling_keeps_values_and_sets_strides():
+    images = torch.randint(0, 256, (10, 6, 3, 8, 8), dtype=torch.uint8)
+    spec = EpisodeSpec(3, 2, 2)
+    a = ImageEpisodeSampler(images, spec).sample(2, torch.Generator().manual_seed(1))
+    b = ImageEpisodeSampler(images, spec, channels_last=True).sample(
+        2, torch.Generator().manual_seed(1))
+    assert torch.equal(a.x_support, b.x_support) and torch.equal(a.x_query, b.x_query)
+    assert b.x_query[0].is_contiguous(memory_format=torch.channels_last)
+    assert not a.x_query[0].is_contiguous(memory_format=torch.channels_last)

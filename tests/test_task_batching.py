@@ -4,12 +4,14 @@ batch-statistics norm equals nn.BatchNorm2d(track_running_stats=False)."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 
 from metabench.algorithms.maml import MAML
-from metabench.backbones.conv4 import BatchStatNorm2d, Conv4
+from metabench.backbones.conv4 import BatchStatNorm2d, Conv4, explicit_batch_stats
 from metabench.backbones.mlp import MLP
 from metabench.episodes import Episode
 
@@ -81,8 +83,9 @@ def test_vmap_eval_metrics_match_loop_under_no_grad(name):
     assert not torch.allclose(m_l["loss"], m_l["pre_loss"])
 
 
+@pytest.mark.parametrize("explicit", [False, True])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_batch_stat_norm_matches_batchnorm(mode):
+def test_batch_stat_norm_matches_batchnorm(mode, explicit):
     torch.manual_seed(0)
     ours = BatchStatNorm2d(5).double()
     ref = nn.BatchNorm2d(5, track_running_stats=False).double()
@@ -96,7 +99,9 @@ def test_batch_stat_norm_matches_batchnorm(mode):
     ref.train(mode == "train")
     x = (torch.randn(4, 5, 3, 3, dtype=torch.float64) * 3 + 1).requires_grad_()
     w = torch.randn(4, 5, 3, 3, dtype=torch.float64)
-    out_ours, out_ref = ours(x), ref(x)
+    with explicit_batch_stats() if explicit else contextlib.nullcontext():
+        out_ours = ours(x)
+    out_ref = ref(x)
     assert (out_ours - out_ref).abs().max() < 1e-8
     (g_ours,) = torch.autograd.grad((out_ours * w).sum(), x)
     (g_ref,) = torch.autograd.grad((out_ref * w).sum(), x)

@@ -15,6 +15,7 @@ from torch.func import functional_call
 
 from metabench.algorithms.base import MetaLearner, task_metrics
 from metabench.algorithms.gradient import Params, sgd_adapt
+from metabench.backbones.conv4 import explicit_batch_stats
 from metabench.episodes import Episode
 
 TASK_BATCHING = ("auto", "loop", "vmap")
@@ -82,8 +83,9 @@ class MAML(MetaLearner):
             return pred, functional_call(self.model, params, (xq,))
 
         if self.batching_mode(episode.x_support.device) == "vmap":
-            outs = torch.func.vmap(one_task, randomness="different")(
-                episode.x_support, episode.y_support, episode.x_query)
+            with explicit_batch_stats():
+                outs = torch.func.vmap(one_task, randomness="different")(
+                    episode.x_support, episode.y_support, episode.x_query)
         else:
             per_task = [one_task(episode.x_support[t], episode.y_support[t], episode.x_query[t])
                         for t in range(episode.tasks)]

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+_explicit_stats = contextvars.ContextVar("explicit_batch_stats", default=False)
+
+
+@contextlib.contextmanager
+def explicit_batch_stats() -> Iterator[None]:
+    """Inside this block BatchStatNorm2d computes mean/var explicitly: needed under
+    ``torch.func.vmap``, where the fused kernel's second-order gradients are wrong."""
+    token = _explicit_stats.set(True)
+    try:
+        yield
+    finally:
+        _explicit_stats.reset(token)
 
 
 class BatchStatNorm2d(nn.Module):
@@ -19,6 +37,9 @@ class BatchStatNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _explicit_stats.get():  # the fused kernel: exact outside vmap, and faster
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True,
+                                eps=self.eps)
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
         x_hat = (x - mean) / torch.sqrt(var + self.eps)

@@ -17,9 +17,10 @@ SPLITS = ("train", "val", "test")
 class ImageEpisodeSampler:
     """Samples N-way K-shot Q-query tasks from ``images`` of shape [classes, per_class, C, H, W]."""
 
-    def __init__(self, images: Tensor, spec: EpisodeSpec):
+    def __init__(self, images: Tensor, spec: EpisodeSpec, channels_last: bool = False):
         self.images = images
         self.spec = spec
+        self.channels_last = channels_last
         self._weights = torch.ones(images.shape[0])
         self._item_weights = torch.ones(images.shape[1])
 
@@ -33,6 +34,8 @@ class ImageEpisodeSampler:
         classes = classes.to(device, non_blocking=True)
         items = items.to(device, non_blocking=True)
         x = self.images[classes[:, :, None], items].float().div_(255.0)  # [T, W, n, C, H, W]
+        if self.channels_last:  # each task's [N, C, H, W] batch in channels_last strides
+            x = x.permute(0, 1, 2, 4, 5, 3).contiguous().permute(0, 1, 2, 5, 3, 4)
         shape = x.shape[3:]
         x_support = x[:, :, :shots].reshape(tasks, ways * shots, *shape)
         x_query = x[:, :, shots:].reshape(tasks, ways * queries, *shape)
@@ -72,8 +75,9 @@ class ImageClasses:
                        f"the {self.per_class(split)} images per class of {self.name}")
         return out
 
-    def sampler(self, split: str, spec: EpisodeSpec, device: torch.device) -> ImageEpisodeSampler:
+    def sampler(self, split: str, spec: EpisodeSpec, device: torch.device,
+                channels_last: bool = False) -> ImageEpisodeSampler:
         key = (split, str(device))
         if key not in self._on_device:  # move each split to the device once
             self._on_device[key] = self.splits[split].to(device)
-        return ImageEpisodeSampler(self._on_device[key], spec)
+        return ImageEpisodeSampler(self._on_device[key], spec, channels_last)

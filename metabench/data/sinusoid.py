@@ -45,5 +45,6 @@ class Sinusoid:
     def problems(self, split: str, spec: EpisodeSpec, prefix: str = "data.") -> list[str]:
         return []
 
-    def sampler(self, split: str, spec: EpisodeSpec, device: torch.device) -> SinusoidSampler:
+    def sampler(self, split: str, spec: EpisodeSpec, device: torch.device,
+                channels_last: bool = False) -> SinusoidSampler:
         return SinusoidSampler(spec, self.amplitude, self.phase, self.x_range, device)
