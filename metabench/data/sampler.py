@@ -34,15 +34,20 @@ class ImageEpisodeSampler:
         classes = classes.to(device, non_blocking=True)
         items = items.to(device, non_blocking=True)
         x = self.images[classes[:, :, None], items].float().div_(255.0)  # [T, W, n, C, H, W]
-        if self.channels_last:  # each task's [N, C, H, W] batch in channels_last strides
-            x = x.permute(0, 1, 2, 4, 5, 3).contiguous().permute(0, 1, 2, 5, 3, 4)
         shape = x.shape[3:]
         x_support = x[:, :, :shots].reshape(tasks, ways * shots, *shape)
         x_query = x[:, :, shots:].reshape(tasks, ways * queries, *shape)
+        if self.channels_last:
+            x_support, x_query = _channels_last(x_support), _channels_last(x_query)
         labels = torch.arange(ways, device=device)
         y_support = labels.repeat_interleave(shots).expand(tasks, -1)
         y_query = labels.repeat_interleave(queries).expand(tasks, -1)
         return Episode(x_support, y_support, x_query, y_query, ways)
+
+
+def _channels_last(x: Tensor) -> Tensor:
+    """[T, N, C, H, W] with each task's [N, C, H, W] batch in channels_last strides."""
+    return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 class ImageClasses:
