@@ -74,9 +74,12 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
 
 def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path):
     run_dir = tmp_path / "run"
+    # SIGINT may be ignored by whatever started pytest (e.g. a background job), and an
+    # ignored disposition is inherited: give the child the default one
     proc = subprocess.Popen(command(run_dir, "train.iterations=100000"), env=env(),
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_step(run_dir, proc, 10)
     time.sleep(0.3)
     proc.send_signal(signal.SIGINT)
