@@ -140,8 +140,17 @@ def sampler(cfg: DictConfig, data: Any, split: str, device: torch.device):
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a run touches (numpy's too, for code that draws from it)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "sampler": generator.get_state()}
+    try:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state["numpy"] = {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)}
+    except ImportError:
+        pass
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -150,6 +159,12 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "numpy" in state:
+        import numpy as np
+
+        n = state["numpy"]
+        np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"],
+                             n["has_gauss"], n["gauss"]))
     generator.set_state(state["sampler"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -202,6 +217,12 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
     """Meta-train as ``cfg`` says, writing config, metrics and checkpoints under ``run_dir``."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
+    try:
+        import numpy as np
+
+        np.random.seed(cfg.seed)
+    except ImportError:
+        pass
     data, learner, device = prepare(cfg, ("train", "val", "test"))
     t = cfg.train
     optimizer = torch.optim.Adam(learner.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -248,6 +269,9 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
         best_val = out["best_val"] if kind_acc else -out["best_val"]
         logger.summary({"val/best": best_val, "train/seconds": out["seconds"]})
         out["best_val"] = best_val
+        atomic_write_json({"finished": True, "iterations": int(t.iterations),
+                           "seconds": out["seconds"], "best_val": best_val},
+                          run_dir / "summary.json")
         if t.evaluate_at_end:
             out["test"] = evaluate_loaded(cfg, data, learner, device,
                                           load_checkpoint(ckpt_dir / "best.pt"),

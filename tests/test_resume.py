@@ -102,3 +102,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     if last.exists():  # whatever was saved holds finite weights
         blob = load_checkpoint(last)
         assert all(torch.isfinite(v).all() for v in blob["model"].values())
+
+
+def test_resume_continues_the_same_wandb_run(tmp_path):
+    from wandb_records import history, run_info
+
+    run_dir = tmp_path / "run"
+    offline = {**env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    offline.pop("WANDB_API_KEY", None)
+    base = command(run_dir, "logger=wandb", "train.iterations=20")
+    subprocess.run(base, env=offline, check=True, capture_output=True, cwd=tmp_path)
+    more = [a.replace("train.iterations=20", "train.iterations=40") for a in base]
+    subprocess.run([*more, "train.resume=true"], env=offline, check=True, capture_output=True,
+                   cwd=tmp_path)
+    files = sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    ids = {run_info(f).run_id for f in files}
+    assert len(ids) == 1  # one W&B run, continued
+    steps = [row["_step"] for row in history(files[1]) if "train/loss" in row]
+    assert steps and min(steps) > 20 and max(steps) == 40
