@@ -38,6 +38,7 @@ HELP = """usage: metabench <command> [key=value ...]
 commands:
   train [overrides]                      meta-train; -m/--multirun sweeps comma lists
   evaluate checkpoint=PATH [overrides]   test a checkpoint: mean accuracy (or MSE) +- 95% CI
+  report PATH... [--out DIR]             compare finished runs and sweeps (report.md, .csv)
 
 examples:
   metabench train algo=maml data=omniglot data.ways=5 data.shots=1
@@ -216,6 +217,43 @@ def evaluate_cmd(args: list[str]) -> int:
     return 0
 
 
+def report_cmd(args: list[str]) -> int:
+    """`metabench report PATH... [--out DIR]`: compare the runs found under PATHs."""
+    import argparse
+
+    from metabench import report
+
+    parser = argparse.ArgumentParser(
+        prog="metabench report",
+        description="Compare finished runs and sweeps: one row per setting (seeds grouped), "
+                    "unfinished or failed runs listed below; writes report.md and report.csv.")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="run directories or folders of them (sweeps)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="where report.md and report.csv go (default: the first PATH)")
+    ns = parser.parse_args(args)
+    missing = [p for p in ns.paths if not Path(p).exists()]
+    runs = report.find_runs(ns.paths)
+    if not runs:
+        report_error(ConfigError(f"no such path: {', '.join(missing)}" if missing else
+                                 f"no runs found under: {' '.join(ns.paths)} (a run directory "
+                                 "holds config.yaml)"))
+        return 2
+    first = Path(ns.paths[0])
+    out_dir = Path(ns.out) if ns.out else (first if first.is_dir() else first.parent)
+    rows = [report.read_run(r) for r in runs]
+    groups = report.aggregate(rows)
+    report.print_report(rows, groups, console=console)
+    try:
+        paths = report.write_report(rows, groups, out_dir)
+    except OSError as e:
+        report_error(ConfigError(f"cannot write the report to {out_dir}: {e.strerror or e}"))
+        return 2
+    console.print(f"report written to {paths[0]} and {paths[1]}", highlight=False,
+                  soft_wrap=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -229,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             print(HELP.split("\n\n")[0])
             return 0
         return evaluate_cmd(rest)
+    if command == "report":
+        return report_cmd(rest)
     err_console.print(f"[bold red]error:[/] unknown command {command!r} "
-                      "(commands: train, evaluate)", highlight=False)
+                      "(commands: train, evaluate, report)", highlight=False)
     return 2
