@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from metabench.algorithms.base import MetaLearner
+from metabench.precision import autocast
 
 
 def mean_ci95(values: Tensor) -> tuple[float, float]:
@@ -19,7 +20,7 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
 
 
 def run_episodes(learner: MetaLearner, sampler, episodes: int, batch: int,
-                 seed: int) -> dict[str, Tensor]:
+                 seed: int, precision: str = "fp32") -> dict[str, Tensor]:
     """Per-episode metrics [episodes] over the same episodes for the same seed."""
     generator = torch.Generator().manual_seed(seed)
     was_training = learner.training
@@ -30,7 +31,8 @@ def run_episodes(learner: MetaLearner, sampler, episodes: int, batch: int,
             done = 0
             while done < episodes:
                 n = min(batch, episodes - done)
-                _, metrics = learner(sampler.sample(n, generator))
+                with autocast(precision, next(learner.parameters()).device):
+                    _, metrics = learner(sampler.sample(n, generator))
                 for k, v in metrics.items():
                     out.setdefault(k, []).append(v.detach().float().cpu())
                 done += n

@@ -14,6 +14,7 @@ from metabench.algorithms.base import MetaLearner
 from metabench.errors import Interrupted, TrainingStopped
 from metabench.evaluation import run_episodes, summarize
 from metabench.loggers import Logger
+from metabench.precision import autocast, grad_scaler
 
 
 @dataclass
@@ -26,6 +27,7 @@ class LoopSettings:
     eval_batch: int
     val_seed: int
     grad_clip: float = 0.0
+    precision: str = "fp32"
 
 
 def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
@@ -43,15 +45,20 @@ def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
     learner.train()
     running: dict[str, torch.Tensor] = {}
     seen, done = 0, start_step
+    device = next(learner.parameters()).device
+    scaler = grad_scaler(settings.precision, device)
     try:
         for step in range(start_step + 1, settings.iterations + 1):
             episode = train_sampler.sample(settings.meta_batch, generator)
-            loss, metrics = learner(episode)
+            with autocast(settings.precision, device):
+                loss, metrics = learner(episode)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if settings.grad_clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(learner.parameters(), settings.grad_clip)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             if scheduler is not None:
                 scheduler.step()
             for k, v in metrics.items():  # summed on the device: no host sync between log points
@@ -72,15 +79,16 @@ def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
                 check_finite([torch.stack([p.detach().sum() for p in learner.parameters()]).sum()
                               .item()], step)
                 val = summarize(run_episodes(learner, val_sampler, settings.val_episodes,
-                                             settings.eval_batch, settings.val_seed))
+                                             settings.eval_batch, settings.val_seed,
+                                             settings.precision))
                 point = {f"val/{k}": m for k, (m, _) in val.items()}
                 point.update({f"val/{k}_ci95": c for k, (_, c) in val.items()})
                 score = val["acc"][0] if "acc" in val else -val["loss"][0]
                 is_best = score > best_val
                 best_val = max(best_val, score)
                 point["val/best"] = best_val if "acc" in val else -best_val
+                save(step, best_val, is_best)  # first: a logged val point is always saved
                 logger.log(point, step)
-                save(step, best_val, is_best)
                 shown.update(point)
             if on_step:
                 on_step(step, shown)

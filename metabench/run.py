@@ -23,10 +23,11 @@ from metabench.evaluation import run_episodes, summarize
 from metabench.files import atomic_write, atomic_write_json
 from metabench.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
 from metabench.loop import LoopSettings, fit
+from metabench.precision import DTYPES
 
 TRAIN_KEYS = {"iterations", "meta_batch", "lr", "lr_decay_every", "lr_decay", "weight_decay",
               "grad_clip", "log_every", "eval_every", "val_episodes", "resume",
-              "evaluate_at_end", "task_batching", "channels_last"}
+              "evaluate_at_end", "task_batching", "channels_last", "precision"}
 EVAL_KEYS = {"episodes", "batch", "seed", "val_seed"}
 POSITIVE = ["data.ways", "data.shots", "data.queries", "data.train_ways", "data.train_shots",
             "data.train_queries", "train.iterations", "train.meta_batch", "train.log_every",
@@ -50,6 +51,16 @@ def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
             raise cause from None
         msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         raise ConfigError(f"{what}: {msg}") from None
+
+
+def check_precision(cfg: DictConfig, device: torch.device) -> list[str]:
+    p = cfg.train.get("precision", "fp32")
+    if p not in DTYPES:
+        return [f"train.precision={p} is not one of: {', '.join(DTYPES)}"]
+    if p != "fp32" and device.type != "cuda":
+        return [f"train.precision={p} needs a CUDA device (device={cfg.device} runs on "
+                f"{device.type}); use train.precision=fp32"]
+    return []
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,6 +132,7 @@ def prepare(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, MetaLearner,
     """Validate, load data and build the learner; raises ConfigError/DataError before any work."""
     raise_problems(check_static(cfg))
     device = resolve_device(str(cfg.device))
+    raise_problems(check_precision(cfg, device))
     data = build_data(cfg)
     raise_problems(check_data(cfg, data, splits))
     learner = build_learner(cfg, data).to(device)
@@ -257,7 +269,8 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
             save_checkpoint(ckpt_dir / "best.pt", state)
 
     settings = LoopSettings(t.iterations, t.meta_batch, t.log_every, t.eval_every,
-                            t.val_episodes, cfg.eval.batch, cfg.eval.val_seed, t.grad_clip)
+                            t.val_episodes, cfg.eval.batch, cfg.eval.val_seed, t.grad_clip,
+                            t.get("precision", "fp32"))
     train_sampler = sampler(cfg, data, "train", device)
     val_sampler = sampler(cfg, data, "val", device)
     started = time.perf_counter()
@@ -290,7 +303,7 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
     learner.load_state_dict(blob["model"])
     spec = episode_spec(cfg, False)
     per = run_episodes(learner, sampler(cfg, data, "test", device), cfg.eval.episodes,
-                       cfg.eval.batch, cfg.eval.seed)
+                       cfg.eval.batch, cfg.eval.seed, cfg.train.get("precision", "fp32"))
     summary = summarize(per)
     classification = data.kind == "classification"
     key = "acc" if classification else "loss"

@@ -38,6 +38,7 @@ from metabench.backbones.conv4 import Conv4
 from metabench.data.omniglot import load_omniglot
 from metabench.episodes import Episode, EpisodeSpec
 from metabench.evaluation import run_episodes
+from metabench.precision import autocast, grad_scaler
 
 
 def sync(device: torch.device) -> None:
@@ -183,15 +184,20 @@ def make_protonet(device, channels_last=False) -> ProtoNet:
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
 
-def ours_step(learner, sampler, tasks, opt, generator, channels_last):
+def ours_step(learner, sampler, tasks, opt, generator, channels_last, precision="fp32"):
+    device = next(learner.parameters()).device
+    scaler = grad_scaler(precision, device)
+
     def step():
         ep = sampler.sample(tasks, generator)
         if channels_last:
             ep = to_channels_last(ep)
-        loss, _ = learner(ep)
+        with autocast(precision, device):
+            loss, _ = learner(ep)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
     return step
 
 
@@ -242,15 +248,18 @@ def main() -> None:
     for name, (spec, tasks, make) in settings.items():
         row: dict = {"spec": vars(spec), "tasks": tasks}
         sampler = data.sampler("train", spec, device)
-        variants = [("metabench", False, {}), ("metabench_channels_last", True, {})]
-        if name == "maml" and device.type == "cuda":  # auto = vmap there; time the loop too
-            variants.append(("metabench_loop", False, {"task_batching": "loop"}))
-        for variant, cl, kw in variants:
+        variants = [("metabench", False, {}, "fp32"),
+                    ("metabench_channels_last", True, {}, "fp32")]
+        if device.type == "cuda":  # mixed precision, and (MAML) the per-task loop against vmap
+            variants += [("metabench_bf16", True, {}, "bf16"), ("metabench_fp16", True, {}, "fp16")]
+            if name == "maml":
+                variants.append(("metabench_loop", False, {"task_batching": "loop"}, "fp32"))
+        for variant, cl, kw, precision in variants:
             reset_peak(device)
             learner = make(device, cl, **kw)
             opt = torch.optim.Adam(learner.parameters(), 1e-3)
             gen = torch.Generator().manual_seed(0)
-            times = timed(ours_step(learner, sampler, tasks, opt, gen, cl), device,
+            times = timed(ours_step(learner, sampler, tasks, opt, gen, cl, precision), device,
                           args.warmup, args.repeats)
             row[variant] = {"it_per_s": 1 / statistics.median(times),
                             "peak_mb": peak_mb(device)}
@@ -314,6 +323,11 @@ def print_table(r: dict) -> None:
           f"float64 {g['float64']:.2e}")
     print(f"ProtoNet: 600 test episodes (5w1s15q) evaluated in "
           f"{r['protonet_eval_600_episodes_s']:.1f} s")
+    for name in ("maml", "protonet"):
+        if "metabench_bf16" in r[name]:
+            x = r[name]
+            print(f"{name} channels_last + bf16 {x['metabench_bf16']['it_per_s']:.3f} it/s, "
+                  f"+ fp16 {x['metabench_fp16']['it_per_s']:.3f} it/s")
     if "metabench_loop" in r["maml"]:
         print(f"MAML task batching: vmap (auto) {r['maml']['metabench']['it_per_s']:.3f} it/s, "
               f"per-task loop {r['maml']['metabench_loop']['it_per_s']:.3f} it/s")

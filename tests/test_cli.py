@@ -166,6 +166,8 @@ BAD = {
                         "algo=maml has a fixed 5-way head"),
     "evaluate unknown key": (["evaluate", "checkpoint=GOOD", "eval.nope=3"], "nope"),
     "unknown command": (["trian"], "unknown command 'trian'"),
+    "bad precision": (["train", "data=synthetic", "train.precision=fp8"],
+                      "train.precision=fp8 is not one of: fp32, bf16, fp16"),
     "unknown experiment": (["train", "experiment=nope"], "Could not find 'experiment/nope'"),
     "unknown logger": (["train", "logger=nope"], "Could not find 'logger/nope'"),
     "unknown algo key": (["train", "algo.inner_lrr=0.1"], "Could not override 'algo.inner_lrr'"),

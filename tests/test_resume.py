@@ -56,7 +56,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     killed_at = load_checkpoint(cut / "checkpoints" / "last.pt")["step"]
-    assert 40 <= killed_at < 120
+    assert 30 <= killed_at < 120
 
     r = subprocess.run(command(cut, "train.resume=true"), env=env(), capture_output=True,
                        text=True, cwd=tmp_path)
