@@ -3,6 +3,7 @@ runs training or evaluation. The only place that turns config into objects."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -10,6 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:  # optional: seeded and checkpointed for code that draws from it
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
@@ -155,14 +160,10 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
     """Every random state a run touches (numpy's too, for code that draws from it)."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "sampler": generator.get_state()}
-    try:
-        import numpy as np
-
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    if np is not None:
+        _, keys, pos, has_gauss, gauss = np.random.get_state()
         state["numpy"] = {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
                           "has_gauss": int(has_gauss), "gauss": float(gauss)}
-    except ImportError:
-        pass
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -171,9 +172,7 @@ def rng_state(generator: torch.Generator) -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "numpy" in state:
-        import numpy as np
-
+    if "numpy" in state and np is not None:
         n = state["numpy"]
         np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"],
                              n["has_gauss"], n["gauss"]))
@@ -199,20 +198,24 @@ def make_logger(cfg: DictConfig, run_dir: Path, say: Callable[[str], None], appe
     jsonl = JsonlLogger(run_dir / "metrics.jsonl", append=append)
     if cfg.logger.name != "wandb":
         return jsonl, None
-    lg = cfg.logger
-    wb = WandbLogger(run_dir, OmegaConf.to_container(cfg, resolve=True), project=lg.project,
-                     name=run_name(cfg), group=lg.group or group,
-                     tags=run_tags(cfg) + list(lg.tags), mode=lg.mode, entity=lg.entity,
-                     run_id=run_id, say=say)
+    wb = wandb_logger(cfg, run_dir, run_id, group, "train", say)
     return MultiLogger(jsonl, wb), getattr(wb, "id", None)
+
+
+def wandb_logger(cfg: DictConfig, run_dir: Path, run_id: str | None, group: str | None,
+                 job_type: str, say: Callable[[str], None]) -> WandbLogger:
+    """The W&B run of ``cfg``: its name, tags and group, continued when ``run_id`` is known."""
+    lg = cfg.logger
+    return WandbLogger(run_dir, OmegaConf.to_container(cfg, resolve=True), project=lg.project,
+                       name=run_name(cfg), group=lg.group or group,
+                       tags=run_tags(cfg) + list(lg.tags), mode=lg.mode, entity=lg.entity,
+                       run_id=run_id, job_type=job_type, say=say)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop logged points after ``step`` so a resumed run does not log them twice."""
     if not path.exists():
         return
-    import json
-
     keep = []
     for ln in path.read_text().splitlines():
         try:
@@ -229,12 +232,8 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
     """Meta-train as ``cfg`` says, writing config, metrics and checkpoints under ``run_dir``."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    try:
-        import numpy as np
-
+    if np is not None:
         np.random.seed(cfg.seed)
-    except ImportError:
-        pass
     data, learner, device = prepare(cfg, ("train", "val", "test"))
     t = cfg.train
     optimizer = torch.optim.Adam(learner.parameters(), lr=t.lr, weight_decay=t.weight_decay)
@@ -331,12 +330,8 @@ def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any],
                           f"backbone={cfg.backbone.name}")
     results = evaluate_loaded(cfg, data, learner, device, blob, checkpoint)
     if cfg.logger.name == "wandb":
-        lg = cfg.logger
-        wb = WandbLogger(Path(checkpoint).resolve().parent.parent,
-                         OmegaConf.to_container(cfg, resolve=True), project=lg.project,
-                         name=run_name(cfg), group=lg.group, tags=run_tags(cfg) + list(lg.tags),
-                         mode=lg.mode, entity=lg.entity, run_id=blob.get("wandb_id"),
-                         job_type="evaluate", say=say)
+        wb = wandb_logger(cfg, Path(checkpoint).resolve().parent.parent, blob.get("wandb_id"),
+                          None, "evaluate", say)
         wb.summary({f"test/{results['metric']}": results["mean"],
                     f"test/{results['metric']}_ci95": results["ci95"],
                     "test/episodes": results["episodes"]})

@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 from metabench.algorithms.base import MetaLearner, task_metrics
 from metabench.algorithms.gradient import Params, sgd_adapt
-from metabench.backbones.conv4 import explicit_batch_stats
+from metabench.backbones.norms import explicit_batch_stats
 from metabench.episodes import Episode
 
 TASK_BATCHING = ("auto", "loop", "vmap")
