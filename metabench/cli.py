@@ -23,7 +23,7 @@ from rich.table import Table
 
 from metabench.errors import ConfigError, UserError
 
-GROUPS = ("algo", "data", "backbone", "logger", "experiment")
+GROUPS = ("algo", "data", "backbone", "logger", "experiment", "search")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -38,12 +38,14 @@ HELP = """usage: metabench <command> [key=value ...]
 commands:
   train [overrides]                      meta-train; -m/--multirun sweeps comma lists
   evaluate checkpoint=PATH [overrides]   test a checkpoint: mean accuracy (or MSE) +- 95% CI
-  report PATH... [--out DIR]             compare finished runs and sweeps (report.md, .csv)
+  report PATH... [--out DIR]             compare runs and sweeps (report.md, .csv, .png)
 
 examples:
   metabench train algo=maml data=omniglot data.ways=5 data.shots=1
   metabench train experiment=quick_protonet_omniglot data.root=../shared/data/omniglot
   metabench train -m algo=maml,protonet data.ways=5,20 data.shots=1,5
+  metabench train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 data.shots=1,5
+  torchrun --nproc_per_node=2 -m metabench train algo=maml train.meta_batch=32
   metabench evaluate checkpoint=outputs/<run>/checkpoints/best.pt data.ways=20
 
 `metabench train --help` shows Hydra's view of the whole composed config.
@@ -55,6 +57,8 @@ def print_help() -> None:
     print(HELP)
     for g in GROUPS:
         print(f"  {g + ':':12s}{', '.join(group_options(g))}")
+    print("  hydra/launcher: joblib, submitit_local, slurm (with -m; pip install "
+          "'metabench[sweeps]')")
 
 
 def report_error(e: Exception) -> None:
@@ -78,19 +82,32 @@ def _remove_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def _remove_if_bare(run_dir: Path) -> None:
+    """A torchrun rank > 0 removes the folder Hydra made for it only if nothing is in it (it may
+    be rank 0's run dir)."""
+    try:
+        run_dir.rmdir()
+    except OSError:
+        pass
+
+
 _task_started = False
 
 
-def _train_task(cfg: DictConfig) -> None:
+def _train_task(cfg: DictConfig) -> float:
+    """One training run; returns the best validation score (accuracy, or MSE for regression)
+    for sweepers that optimise it (hydra/sweeper=optuna)."""
     global _task_started
     _task_started = True
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from metabench import run
+    from metabench.distributed import from_env
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    main_rank = from_env().is_main  # under torchrun only rank 0 prints and writes
     multirun = hc.mode == RunMode.MULTIRUN
     group = Path(hc.sweep.dir).name if multirun else None
     if cfg.data.get("root"):
@@ -100,7 +117,8 @@ def _train_task(cfg: DictConfig) -> None:
                TextColumn("{task.fields[metrics]}")]
     shown: dict[str, float] = {}
     # the bar starts with the first step, after validation and data loading
-    progress = Progress(*columns, console=console, transient=False)
+    progress = Progress(*columns, console=console if main_rank else Console(quiet=True),
+                        transient=False)
     task = progress.add_task(run.run_name(cfg), total=cfg.train.iterations, metrics="")
 
     def on_step(step: int, point: dict[str, float]) -> None:
@@ -117,14 +135,20 @@ def _train_task(cfg: DictConfig) -> None:
     except UserError as e:
         if progress.live.is_started:
             progress.stop()
-        report_error(e)
-        _remove_if_empty(run_dir)
+        if main_rank:
+            report_error(e)
+            _remove_if_empty(run_dir)
+        else:
+            _remove_if_bare(run_dir)
         if multirun:
             raise
         sys.exit(e.exit_code)
     finally:
         if progress.live.is_started:
             progress.stop()
+    if not main_rank:
+        _remove_if_bare(run_dir)  # Hydra made it; rank 0's run dir holds the run
+        return float(out.get("best_val", float("nan")))
     table = Table(title=f"metabench train: {run.run_name(cfg)}")
     for col in ("run dir", "iterations", "time", "best val", "test (95% CI)"):
         table.add_column(col)
@@ -135,6 +159,7 @@ def _train_task(cfg: DictConfig) -> None:
                   fmt(out["best_val"]),
                   f"{fmt(test['mean'])} +- {fmt(test['ci95'])}" if test else "-")
     console.print(table)
+    return float(out["best_val"])
 
 
 def train_cmd(args: list[str]) -> int:
@@ -142,6 +167,11 @@ def train_cmd(args: list[str]) -> int:
 
     app = hydra.main(version_base="1.3", config_path="pkg://metabench.configs",
                      config_name="train")(_train_task)
+    from metabench.distributed import from_env
+
+    if not from_env().is_main:  # torchrun rank > 0: Hydra writes no .hydra/ or train.log
+        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=none",
+                "hydra/hydra_logging=none"]
     argv = sys.argv
     sys.argv = ["metabench train", *args]
     try:
@@ -226,11 +256,12 @@ def report_cmd(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="metabench report",
         description="Compare finished runs and sweeps: one row per setting (seeds grouped), "
-                    "unfinished or failed runs listed below; writes report.md and report.csv.")
+                    "unfinished or failed runs listed below; writes report.md, report.csv "
+                    "and the figures val_curves.png and test_results.png.")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="run directories or folders of them (sweeps)")
     parser.add_argument("--out", metavar="DIR",
-                        help="where report.md and report.csv go (default: the first PATH)")
+                        help="where the report files go (default: the first PATH)")
     ns = parser.parse_args(args)
     missing = [p for p in ns.paths if not Path(p).exists()]
     runs = report.find_runs(ns.paths)
@@ -251,6 +282,15 @@ def report_cmd(args: list[str]) -> int:
         return 2
     console.print(f"report written to {paths[0]} and {paths[1]}", highlight=False,
                   soft_wrap=True)
+    from metabench import figures
+
+    if not figures.available():
+        console.print("figures skipped: matplotlib is not installed (pip install "
+                      "'metabench[report]')", highlight=False)
+        return 0
+    pngs = figures.write_figures(groups, out_dir)
+    if pngs:
+        console.print(f"figures: {', '.join(map(str, pngs))}", highlight=False, soft_wrap=True)
     return 0
 
 

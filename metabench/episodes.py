@@ -2,7 +2,9 @@
 
 Classification episodes are class-major: support labels are ``arange(ways)`` repeated
 ``shots`` times, query labels likewise with ``queries``. Regression episodes carry float
-targets of shape ``[tasks, points, 1]`` and ``ways == 0``.
+targets of shape ``[tasks, points, 1]`` and ``ways == 0``. Image episodes also say which
+classes of the split each task drew (``classes[t, y]`` is label ``y``'s class in task ``t``), for
+learners that train on global labels (the pretrain + finetune baseline).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Episode:
     x_query: Tensor  # [T, ways*queries, *input_shape]
     y_query: Tensor  # [T, ways*queries] int64, or [T, queries, 1] float for regression
     ways: int  # 0 for regression
+    classes: Tensor | None = None  # [T, ways] int64 class indices of the split, or None
 
     @property
     def tasks(self) -> int:
@@ -42,8 +45,9 @@ class Episode:
         """The t-th task alone, keeping a task dimension of 1."""
         s = slice(t, t + 1)
         return Episode(self.x_support[s], self.y_support[s], self.x_query[s], self.y_query[s],
-                       self.ways)
+                       self.ways, None if self.classes is None else self.classes[s])
 
     def to(self, device: torch.device | str) -> Episode:
         return Episode(self.x_support.to(device), self.y_support.to(device),
-                       self.x_query.to(device), self.y_query.to(device), self.ways)
+                       self.x_query.to(device), self.y_query.to(device), self.ways,
+                       None if self.classes is None else self.classes.to(device))

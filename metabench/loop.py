@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from metabench.algorithms.base import MetaLearner
+from metabench.distributed import SINGLE, World, average_gradients, average_values, shard
 from metabench.errors import Interrupted, TrainingStopped
 from metabench.evaluation import run_episodes, summarize
 from metabench.loggers import Logger
@@ -28,6 +29,7 @@ class LoopSettings:
     val_seed: int
     grad_clip: float = 0.0
     precision: str = "fp32"
+    world: World = SINGLE  # torchrun: each rank trains on its share of the meta-batch
 
 
 def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
@@ -40,8 +42,10 @@ def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
 
     ``save(step, best_val, is_best)`` writes checkpoints; the validation score is accuracy for
     classification and minus the loss for regression, so higher is always better. Ctrl-C saves
-    the last finished step before stopping; a non-finite loss stops without saving.
+    the last finished step before stopping; a non-finite loss stops without saving. Under
+    torchrun only rank 0 validates (the others wait for it in the next all-reduce).
     """
+    world = settings.world
     learner.train()
     running: dict[str, torch.Tensor] = {}
     seen, done = 0, start_step
@@ -50,10 +54,13 @@ def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
     try:
         for step in range(start_step + 1, settings.iterations + 1):
             episode = train_sampler.sample(settings.meta_batch, generator)
+            if world.distributed:
+                episode = shard(episode, world)
             with autocast(settings.precision, device):
                 loss, metrics = learner(episode)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            average_gradients(learner.parameters(), world)
             if settings.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(learner.parameters(), settings.grad_clip)
@@ -69,13 +76,14 @@ def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
             last = step == settings.iterations
             shown: dict[str, float] = {}
             if step % settings.log_every == 0 or last:
-                point = {f"train/{k}": (v / seen).item() for k, v in running.items()}
+                means = average_values({k: v / seen for k, v in running.items()}, world)
+                point = {f"train/{k}": v.item() for k, v in means.items()}
                 check_finite(point.values(), step)
                 point["train/lr"] = optimizer.param_groups[0]["lr"]
                 logger.log(point, step)
                 running, seen = {}, 0
                 shown.update(point)
-            if step % settings.eval_every == 0 or last:
+            if (step % settings.eval_every == 0 or last) and world.is_main:
                 check_finite([torch.stack([p.detach().sum() for p in learner.parameters()]).sum()
                               .item()], step)
                 val = summarize(run_episodes(learner, val_sampler, settings.val_episodes,

@@ -18,7 +18,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-SKIP_DIRS = {".hydra", "wandb"}
+SKIP_DIRS = {".hydra", "wandb", ".submitit"}
 KEY = ("algo", "data", "backbone", "ways", "shots")
 COMPLETE = ("finished", "untested")  # training finished: aggregated by setting
 CSV_FIELDS = ("run", "status", "algo", "data", "backbone", "ways", "shots", "seed", "iterations",

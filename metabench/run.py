@@ -20,8 +20,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from metabench import distributed
 from metabench.algorithms.base import MetaLearner
 from metabench.checkpoint import load_checkpoint, save_checkpoint
+from metabench.distributed import World
 from metabench.episodes import EpisodeSpec
 from metabench.errors import ConfigError, UserError
 from metabench.evaluation import run_episodes, summarize
@@ -32,7 +34,10 @@ from metabench.precision import DTYPES
 
 TRAIN_KEYS = {"iterations", "meta_batch", "lr", "lr_decay_every", "lr_decay", "weight_decay",
               "grad_clip", "log_every", "eval_every", "val_episodes", "resume",
-              "evaluate_at_end", "task_batching", "channels_last", "precision"}
+              "evaluate_at_end", "task_batching", "channels_last", "precision", "optimizer",
+              "lr_schedule", "compile"}
+OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("step", "linear")
 EVAL_KEYS = {"episodes", "batch", "seed", "val_seed"}
 POSITIVE = ["data.ways", "data.shots", "data.queries", "data.train_ways", "data.train_shots",
             "data.train_queries", "train.iterations", "train.meta_batch", "train.log_every",
@@ -96,6 +101,11 @@ def check_static(cfg: DictConfig) -> list[str]:
         for k in sorted(set(cfg.get(section, {}).keys()) - allowed):
             problems.append(f"{section}.{k} is not a known key "
                             f"(known: {', '.join(sorted(allowed))})")
+    for key, allowed_values, default in (("optimizer", OPTIMIZERS, "adam"),
+                                         ("lr_schedule", LR_SCHEDULES, "step")):
+        v = cfg.train.get(key, default)
+        if v not in allowed_values:
+            problems.append(f"train.{key}={v} is not one of: {', '.join(allowed_values)}")
     try:
         cls = get_class(cfg.algo._target_)
     except Exception:
@@ -130,13 +140,25 @@ def build_data(cfg: DictConfig) -> Any:
 def build_learner(cfg: DictConfig, data: Any) -> MetaLearner:
     backbone = build(cfg.backbone, "backbone", input_shape=tuple(data.input_shape))
     ways = int(cfg.data.train_ways) if data.kind == "classification" else 0
-    return build(cfg.algo, "algo", backbone=backbone, kind=data.kind, ways=ways)
+    extra = {}
+    if getattr(get_class(cfg.algo._target_), "needs_train_classes", False):
+        extra["train_classes"] = int(data.classes("train"))  # e.g. the baseline's global head
+    return build(cfg.algo, "algo", backbone=backbone, kind=data.kind, ways=ways, **extra)
 
 
-def prepare(cfg: DictConfig, splits: tuple[str, ...]) -> tuple[Any, MetaLearner, torch.device]:
-    """Validate, load data and build the learner; raises ConfigError/DataError before any work."""
-    raise_problems(check_static(cfg))
+def prepare(cfg: DictConfig, splits: tuple[str, ...], world: World = distributed.SINGLE
+            ) -> tuple[Any, MetaLearner, torch.device]:
+    """Validate, load data and build the learner; raises ConfigError/DataError before any work.
+    Under torchrun each rank takes the CUDA device of its local rank."""
+    problems = check_static(cfg)
+    if world.distributed and cfg.train.meta_batch % world.size:
+        problems.append(f"train.meta_batch={cfg.train.meta_batch} must be a multiple of the "
+                        f"{world.size} processes torchrun started (each takes an equal share "
+                        "of the tasks)")
+    raise_problems(problems)
     device = resolve_device(str(cfg.device))
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
     raise_problems(check_precision(cfg, device))
     data = build_data(cfg)
     raise_problems(check_data(cfg, data, splits))
@@ -226,19 +248,53 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
 
 
+def build_optimizer(cfg: DictConfig, learner: MetaLearner
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The outer optimiser (``train.optimizer``: Adam, or plain SGD, with which Reptile's
+    surrogate loss gives exactly its interpolation step) and its rate schedule
+    (``train.lr_schedule``: ``step`` multiplies it by ``lr_decay`` every ``lr_decay_every``
+    iterations, constant when that is 0; ``linear`` anneals it to 0 at ``train.iterations``)."""
+    t = cfg.train
+    params = learner.parameters()
+    if t.get("optimizer", "adam") == "sgd":
+        optimizer = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.get("lr_schedule", "step") == "linear":
+        total = int(t.iterations)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: max(0.0, 1.0 - step / total))
+    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t.lr_decay_every, gamma=t.lr_decay)
+                 if t.lr_decay_every > 0 else None)
+    return optimizer, scheduler
+
+
 def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
           on_step: Callable[[int, dict[str, float]], None] | None = None,
           group: str | None = None) -> dict[str, Any]:
-    """Meta-train as ``cfg`` says, writing config, metrics and checkpoints under ``run_dir``."""
+    """Meta-train as ``cfg`` says, writing config, metrics and checkpoints under ``run_dir``.
+    Under torchrun (see distributed.py) only rank 0 writes, into rank 0's ``run_dir``."""
+    world = distributed.from_env()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     if np is not None:
         np.random.seed(cfg.seed)
-    data, learner, device = prepare(cfg, ("train", "val", "test"))
+    data, learner, device = prepare(cfg, ("train", "val", "test"), world)
+    distributed.init(world, device)
+    try:
+        return _train(cfg, run_dir, data, learner, device, world, say, on_step, group)
+    finally:
+        distributed.shutdown(world)
+
+
+def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
+           device: torch.device, world: World, say: Callable[[str], None],
+           on_step: Callable[[int, dict[str, float]], None] | None,
+           group: str | None) -> dict[str, Any]:
+    distributed.broadcast_parameters(learner, world)
+    run_dir = Path(distributed.broadcast_object(str(run_dir), world))
     t = cfg.train
-    optimizer = torch.optim.Adam(learner.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t.lr_decay_every, gamma=t.lr_decay)
-                 if t.lr_decay_every > 0 else None)
+    optimizer, scheduler = build_optimizer(cfg, learner)
     generator = torch.Generator().manual_seed(cfg.seed)
     ckpt_dir = run_dir / "checkpoints"
     start, best, run_id = 0, -math.inf, None
@@ -251,14 +307,21 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
             scheduler.load_state_dict(blob["scheduler"])
         set_rng_state(blob["rng"], generator)
         start, best, run_id = blob["step"], blob["best_val"], blob.get("wandb_id")
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
-        say(f"resuming from {last} at step {start}")
+        if world.is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
+            say(f"resuming from {last} at step {start}")
     config = OmegaConf.to_container(cfg, resolve=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    logger, run_id = make_logger(cfg, run_dir, say, append=start > 0, run_id=run_id, group=group)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        logger, run_id = make_logger(cfg, run_dir, say, append=start > 0, run_id=run_id,
+                                     group=group)
+    else:
+        logger = MultiLogger()  # logs nothing: rank 0 logs the all-reduced metrics
 
     def save(step: int, best_val: float, is_best: bool) -> None:
+        if not world.is_main:
+            return
         state = {"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler else None, "step": step,
                  "best_val": best_val, "rng": rng_state(generator), "config": config,
@@ -269,14 +332,18 @@ def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
 
     settings = LoopSettings(t.iterations, t.meta_batch, t.log_every, t.eval_every,
                             t.val_episodes, cfg.eval.batch, cfg.eval.val_seed, t.grad_clip,
-                            t.get("precision", "fp32"))
+                            t.get("precision", "fp32"), world)
     train_sampler = sampler(cfg, data, "train", device)
     val_sampler = sampler(cfg, data, "val", device)
     started = time.perf_counter()
     try:
-        out = fit(learner, optimizer, scheduler, train_sampler, val_sampler, settings, generator,
+        # train.compile: torch.compile the learner; checkpoints still come from ``learner``
+        model = torch.compile(learner) if t.get("compile", False) else learner
+        out = fit(model, optimizer, scheduler, train_sampler, val_sampler, settings, generator,
                   logger, save, start_step=start, best_val=best, on_step=on_step)
         out["seconds"] = time.perf_counter() - started
+        if not world.is_main:
+            return out
         kind_acc = data.kind == "classification"
         best_val = out["best_val"] if kind_acc else -out["best_val"]
         logger.summary({"val/best": best_val, "train/seconds": out["seconds"]})

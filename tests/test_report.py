@@ -149,3 +149,47 @@ def test_cli(sweep: Path, tmp_path: Path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error:")
     assert "Traceback" not in r.stderr and not (empty / "report.md").exists()
+
+
+def test_mean_curve_averages_seeds_at_common_steps():
+    from metabench.figures import mean_curve
+
+    runs = [{"val_curve": [(10, 0.5), (20, 0.7), (30, 0.9)]},
+            {"val_curve": [(10, 0.3), (20, 0.5)]}, {"val_curve": []}]
+    assert mean_curve(runs) == [(10, pytest.approx(0.4)), (20, pytest.approx(0.6))]
+    assert mean_curve([{"val_curve": []}]) == []
+
+
+def test_figures_are_images_one_panel_per_metric(sweep: Path, tmp_path: Path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from metabench.figures import CURVES, TESTS, write_figures
+
+    rows = [read_run(r) for r in find_runs([sweep])]
+    paths = write_figures(aggregate(rows), tmp_path / "one")
+    assert [p.name for p in paths] == [CURVES, TESTS]
+    sizes = [Image.open(p).size for p in paths]
+    assert sizes == [(704, 462), (704, 462)]  # 6.4 x 4.2 inches at 110 dpi, one panel
+
+    make_run(sweep, "6_reg", kind="mse", test=0.2, metrics=[{"step": 10, "val/loss": 0.3}])
+    rows = [read_run(r) for r in find_runs([sweep])]
+    (tmp_path / "two").mkdir()
+    paths = write_figures(aggregate(rows), tmp_path / "two")
+    assert [Image.open(p).size for p in paths] == [(1408, 462), (1408, 462)]  # acc + MSE
+    assert write_figures(aggregate([r for r in rows if r["status"] == "failed"]),
+                         tmp_path) == []  # nothing finished: nothing drawn
+
+
+def test_cli_writes_figures_or_says_why_not(sweep: Path, tmp_path: Path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from metabench import cli, figures
+
+    assert cli.main(["report", str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert "val_curves.png" in out and (sweep / "val_curves.png").stat().st_size > 10_000
+    (sweep / "val_curves.png").unlink()
+    monkeypatch.setattr(figures, "available", lambda: False)
+    assert cli.main(["report", str(sweep)]) == 0
+    assert "figures skipped: matplotlib is not installed" in capsys.readouterr().out
+    assert not (sweep / "val_curves.png").exists() and (sweep / "report.md").exists()

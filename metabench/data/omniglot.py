@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from metabench.data.cache import cache_folder, load_cache, save_cache
 from metabench.data.download import fetch
 from metabench.data.sampler import ImageClasses
 from metabench.errors import DataError
-from metabench.files import atomic_torch_save
 
 ARCHIVES = ("images_background", "images_evaluation")
 OFFICIAL_MD5 = {
@@ -122,15 +122,15 @@ def _fingerprint(sources: dict[str, Path], size: int) -> str:
 
 def _load_cache(path: Path, keys: list[str], size: int) -> torch.Tensor | None:
     """The cached images if the file is intact and matches; None means rebuild."""
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+
+    def valid(blob: dict) -> bool:
         images = blob["images"]
-        ok = (blob.get("version") == CACHE_VERSION and blob.get("keys") == keys
-              and tuple(images.shape) == (len(keys), IMAGES_PER_CHARACTER, 1, size, size)
-              and images.dtype == torch.uint8)
-        return images if ok else None
-    except Exception:  # truncated, foreign or stale: rebuilt by the caller
-        return None
+        return (blob.get("version") == CACHE_VERSION and blob.get("keys") == keys
+                and tuple(images.shape) == (len(keys), IMAGES_PER_CHARACTER, 1, size, size)
+                and images.dtype == torch.uint8)
+
+    blob = load_cache(path, valid)
+    return None if blob is None else blob["images"]
 
 
 def _ensure_sources(root: Path, download: bool, url: str, md5: dict[str, str]) -> dict[str, Path]:
@@ -160,12 +160,12 @@ def load_omniglot(root: str, split: str = "vinyals", image_size: int = 28,
     chars = [Character(a, al, ch) for a in ARCHIVES for (al, ch) in indices[a]]
     keys = [c.key for c in chars]
 
-    cache_root = Path(cache_dir).expanduser() if cache_dir else root_path / ".metabench-cache"
+    cache_root = cache_folder(cache_dir, root_path)
     cache = cache_root / f"omniglot-{image_size}-{_fingerprint(sources, image_size)}.pt"
-    images = _load_cache(cache, keys, image_size) if cache.exists() else None
+    images = _load_cache(cache, keys, image_size)
     if images is None:
         images = torch.cat([_decode(sources[a], indices[a], image_size) for a in ARCHIVES])
-        atomic_torch_save({"version": CACHE_VERSION, "keys": keys, "images": images}, cache)
+        save_cache({"version": CACHE_VERSION, "keys": keys, "images": images}, cache)
 
     parts = _split_indices(chars, split)
     out = {}

@@ -42,7 +42,7 @@ class ImageEpisodeSampler:
         labels = torch.arange(ways, device=device)
         y_support = labels.repeat_interleave(shots).expand(tasks, -1)
         y_query = labels.repeat_interleave(queries).expand(tasks, -1)
-        return Episode(x_support, y_support, x_query, y_query, ways)
+        return Episode(x_support, y_support, x_query, y_query, ways, classes)
 
 
 def _channels_last(x: Tensor) -> Tensor:

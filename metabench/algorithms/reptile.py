@@ -1,0 +1,144 @@
+"""Reptile (Nichol et al. 2018): per task, ``k`` steps of SGD or Adam on the support set from
+the shared weights theta give phi; the meta-update moves theta towards the mean phi:
+theta <- theta + eps * (mean_t phi_t - theta).
+
+The shared loop only knows ``loss.backward()`` and ``optimizer.step()``, so training returns
+the surrogate loss ``mean_t 0.5 * ||theta - stopgrad(phi_t)||^2``, whose gradient is
+``theta - mean_t phi_t``: plain SGD with learning rate eps (``train.optimizer=sgd``,
+``train.lr=eps``, ``train.lr_schedule=linear`` for the paper's annealing to 0) takes exactly
+the Reptile step. The metrics are those of the adapted weights phi on the query set.
+
+Evaluation fine-tunes on the support set for ``eval_inner_steps`` and scores the query set.
+Batch norm uses the statistics of each forward call (backbones/norms.py), so how the query
+set is fed decides what its predictions may see: ``transductive=false`` (the default, the
+paper's non-transductive protocol) forwards each query example together with the support set
+and keeps its own output, so a prediction depends on no other query; ``transductive=true``
+forwards the query set as one batch (its statistics shared by all queries, as MAML and the
+metric learners here do). Training metrics always use the query set as one batch: they are
+only logged, and the per-example forward would cost more than the inner loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metabench.algorithms.base import MetaLearner, task_metrics
+from metabench.algorithms.gradient import Params
+from metabench.backbones.norms import explicit_batch_stats
+from metabench.episodes import Episode
+
+INNER_OPTIMIZERS = ("sgd", "adam")
+QUERY_IMAGES_PER_CALL = 2048  # non-transductive scoring: images per forward, bounds memory
+
+
+def minibatches(n: int, batch: int, steps: int, device: torch.device) -> list[Tensor] | None:
+    """Indices of ``steps`` minibatches of ``batch`` examples out of ``n``, drawn by walking
+    through fresh random permutations (every example once per pass); None for full batch."""
+    if batch <= 0 or batch >= n or steps == 0:
+        return None
+    order = torch.cat([torch.randperm(n, device=device)
+                       for _ in range(math.ceil(steps * batch / n))])
+    return [order[i * batch:(i + 1) * batch] for i in range(steps)]
+
+
+class Reptile(MetaLearner):
+    any_ways = False  # the head has one output per training way
+
+    def __init__(self, backbone: nn.Module, kind: str, ways: int, inner_lr: float = 0.001,
+                 inner_steps: int = 5, eval_inner_steps: int = 50, inner_optimizer: str = "adam",
+                 beta1: float = 0.0, beta2: float = 0.999, inner_batch: int = 0,
+                 eval_inner_batch: int = 0, transductive: bool = False):
+        super().__init__(backbone, kind, ways)
+        if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)) or inner_lr <= 0:
+            raise ValueError(f"algo.inner_lr={inner_lr} must be a positive number")
+        for key, v in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps),
+                       ("inner_batch", inner_batch), ("eval_inner_batch", eval_inner_batch)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"algo.{key}={v} must be a non-negative integer")
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(f"algo.inner_optimizer={inner_optimizer} is not one of: "
+                             f"{', '.join(INNER_OPTIMIZERS)}")
+        for key, v in (("beta1", beta1), ("beta2", beta2)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ValueError(f"algo.{key}={v} must be a number in [0, 1)")
+        if not isinstance(transductive, bool):
+            raise ValueError(f"algo.transductive={transductive} must be true or false")
+        out = ways if kind == "classification" else 1
+        self.model = nn.Sequential(OrderedDict(backbone=backbone,
+                                               head=nn.Linear(backbone.out_dim, out)))
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = eval_inner_steps
+        self.inner_optimizer = inner_optimizer
+        self.betas = (float(beta1), float(beta2))
+        self.inner_batch = inner_batch
+        self.eval_inner_batch = eval_inner_batch
+        self.transductive = transductive
+
+    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int, batch: int = 0) -> Params:
+        """phi: ``steps`` inner optimiser steps on (x, y) from ``params`` (detached: Reptile
+        needs no gradient through the inner loop), on minibatches of ``batch`` (0: all)."""
+        classification = self.kind == "classification"
+
+        def loss_fn(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
+            pred = functional_call(self.model, p, (xb,))
+            return task_metrics(pred[None], yb[None], classification)["loss"][0]
+
+        grad_fn = torch.func.grad(loss_fn)
+        params = {k: v.detach() for k, v in params.items()}
+        batches = minibatches(x.shape[0], batch, steps, x.device)
+        m = {k: torch.zeros_like(v) for k, v in params.items()}
+        v2 = {k: torch.zeros_like(v) for k, v in params.items()}
+        b1, b2 = self.betas
+        lr = self.inner_lr
+        for i in range(steps):
+            xb, yb = (x, y) if batches is None else (x[batches[i]], y[batches[i]])
+            grads = grad_fn(params, xb, yb)
+            if self.inner_optimizer == "sgd":
+                params = {k: p - lr * grads[k] for k, p in params.items()}
+                continue
+            t = i + 1  # Adam, state fresh per task, bias-corrected
+            m = {k: b1 * m[k] + (1 - b1) * g for k, g in grads.items()}
+            v2 = {k: b2 * v2[k] + (1 - b2) * g * g for k, g in grads.items()}
+            c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+            params = {k: p - lr * (m[k] / c1) / ((v2[k] / c2).sqrt() + 1e-8)
+                      for k, p in params.items()}
+        return params
+
+    def predict(self, params: Params, xs: Tensor, xq: Tensor, transductive: bool) -> Tensor:
+        """Query predictions; non-transductive: each query forwarded with the support set."""
+        if transductive:
+            return functional_call(self.model, params, (xq,))
+        n = xs.shape[0]
+
+        def one(x: Tensor) -> Tensor:
+            return functional_call(self.model, params, (torch.cat([xs, x[None]]),))[n]
+
+        chunk = max(1, QUERY_IMAGES_PER_CALL // (n + 1))
+        with explicit_batch_stats():
+            return torch.cat([torch.func.vmap(one)(xq[i:i + chunk])
+                              for i in range(0, xq.shape[0], chunk)])
+
+    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+        theta = dict(self.model.named_parameters())
+        if self.training:
+            steps, batch, transductive = self.inner_steps, self.inner_batch, True
+        else:
+            steps, batch, transductive = (self.eval_inner_steps, self.eval_inner_batch,
+                                          self.transductive)
+        phis = [self.adapt(theta, episode.x_support[t], episode.y_support[t], steps, batch)
+                for t in range(episode.tasks)]
+        with torch.no_grad():
+            post = torch.stack([self.predict(phi, episode.x_support[t], episode.x_query[t],
+                                             transductive) for t, phi in enumerate(phis)])
+            metrics = task_metrics(post, episode.y_query, episode.is_classification)
+        if not self.training:
+            return metrics["loss"].mean(), metrics
+        surrogate = torch.stack([
+            sum(0.5 * ((theta[k] - phi[k]) ** 2).sum() for k in theta) for phi in phis])
+        return surrogate.mean(), metrics

@@ -1,0 +1,110 @@
+"""PNG figures for `metabench report`: validation curves per setting and test results with their
+95% CIs. matplotlib is optional (the `report` extra); without it the report skips the figures
+and says so, and nothing else changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metabench.report import COMPLETE
+
+CURVES, TESTS = "val_curves.png", "test_results.png"
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def setting_label(g: dict[str, Any]) -> str:
+    """``protonet conv4 5w1s`` (the data name is added when a report mixes datasets)."""
+    shape = f"{g['ways']}w{g['shots']}s" if g.get("metric") == "accuracy" else f"{g['shots']}shot"
+    return " ".join(str(v) for v in (g["algo"], g["backbone"], shape) if v is not None)
+
+
+def _labels(groups: list[dict[str, Any]]) -> list[str]:
+    many_data = len({g["data"] for g in groups}) > 1
+    return [(f"{g['data']} " if many_data else "") + setting_label(g) for g in groups]
+
+
+def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """The seeds' validation curves averaged at the steps every seed logged."""
+    curves = [dict(r["val_curve"]) for r in runs if r["val_curve"]]
+    if not curves:
+        return []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    return [(s, sum(c[s] for c in curves) / len(curves)) for s in steps]
+
+
+def _axis_name(metric: str | None) -> tuple[str, float]:
+    return ("accuracy (%)", 100.0) if metric == "accuracy" else ("MSE", 1.0)
+
+
+def write_figures(groups: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Draw ``val_curves.png`` (one line per setting, seeds averaged) and ``test_results.png``
+    (test mean per setting with its 95% CI as an error bar) under ``out_dir``; one panel per
+    metric (accuracy, MSE) present. Returns the files written (none when nothing to draw)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    complete = [g for g in groups if g["status"] in COMPLETE]
+    metrics = sorted({g["metric"] for g in complete if g["metric"]}, key=str)
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    if not metrics:
+        return written
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    with_curves = [g for g in complete if mean_curve(g["runs"])]
+    if with_curves:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.2),
+                                 squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            chosen = [g for g in with_curves if g["metric"] == metric]
+            name, scale = _axis_name(metric)
+            for g, label in zip(chosen, _labels(chosen), strict=True):
+                steps, values = zip(*mean_curve(g["runs"]), strict=True)
+                seeds = f" ({g['seeds']} seeds)" if g["seeds"] > 1 else ""
+                ax.plot(steps, [scale * v for v in values], marker="o", markersize=3,
+                        label=label + seeds)
+            ax.set_xlabel("meta-iteration")
+            ax.set_ylabel(f"validation {name}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("validation during meta-training")
+        fig.tight_layout()
+        written.append(out_dir / CURVES)
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+
+    tested = [g for g in complete if g["test_mean"] is not None]
+    if tested:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.2),
+                                 squeeze=False)
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            chosen = [g for g in tested if g["metric"] == metric]
+            name, scale = _axis_name(metric)
+            ys = [scale * g["test_mean"] for g in chosen]
+            errs = [scale * (g["test_ci95"] or 0.0) for g in chosen]
+            xs = range(len(chosen))
+            ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=5)
+            for x, y, e in zip(xs, ys, errs, strict=True):
+                ax.annotate(f"{y:.2f} ± {e:.2f}", (x, y + e), textcoords="offset points",
+                            xytext=(0, 4), ha="center", fontsize=8)
+            ax.set_xticks(list(xs), _labels(chosen), rotation=20, ha="right", fontsize=8)
+            ax.set_xlim(-0.6, len(chosen) - 0.4)
+            ax.set_ylabel(f"test {name}")
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle("test: mean over episodes (and seeds), 95% CI")
+        fig.tight_layout()
+        written.append(out_dir / TESTS)
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
