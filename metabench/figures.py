@@ -99,6 +99,7 @@ def write_figures(groups: list[dict[str, Any]], out_dir: str | Path) -> list[Pat
                             xytext=(0, 4), ha="center", fontsize=8)
             ax.set_xticks(list(xs), _labels(chosen), rotation=20, ha="right", fontsize=8)
             ax.set_xlim(-0.6, len(chosen) - 0.4)
+            ax.margins(y=0.15)  # room for the value labels above the bars
             ax.set_ylabel(f"test {name}")
             ax.grid(axis="y", alpha=0.3)
         fig.suptitle("test: mean over episodes (and seeds), 95% CI")

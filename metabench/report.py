@@ -167,7 +167,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "iterations": sorted({r["iterations"] for r in runs}, key=str),
             "seconds": _mean(secs), "best_val": _mean(bests),
             "test_mean": _mean(tests),
-            "test_std": statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
+            "test_std": statistics.stdev(tests) if len(tests) > 1 else None,  # one seed: no sd
             "test_ci95": _mean(cis), "runs": runs,
         })
     for r in rows:

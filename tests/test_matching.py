@@ -32,6 +32,16 @@ def test_attention_is_softmax_of_cosine_similarities():
     assert torch.allclose(att.sum(-1), torch.ones(1, 2))
 
 
+def test_unnormalised_query_scales_the_cosines_by_its_length():
+    att = attention(QUERY, SUPPORT, normalize_query=False)
+    r = 1 / math.sqrt(2)
+    # query [2, 0] has length 2, [-1, 1] length sqrt(2): logits = length * cosine
+    logits = torch.tensor([[2.0, 0.0, 2 * r], [-1.0, 1.0, 0.0]])
+    assert torch.allclose(att[0], logits.softmax(1), atol=1e-6)
+    sharper = attention(10 * QUERY, SUPPORT, normalize_query=False)
+    assert sharper[0, 0, 0] > att[0, 0, 0] > attention(QUERY, SUPPORT)[0, 0, 0]
+
+
 def test_predictions_are_attention_weighted_one_hot_and_loss_is_their_nll():
     y_support = torch.tensor([[1, 0, 1]])
     att = attention(QUERY, SUPPORT)

@@ -19,11 +19,12 @@ from metabench.episodes import Episode
 MIN_PROB = 1e-8
 
 
-def attention(z_query: Tensor, z_support: Tensor) -> Tensor:
+def attention(z_query: Tensor, z_support: Tensor, normalize_query: bool = True) -> Tensor:
     """a(x_q, x_i) [T, m, n]: softmax over the support items of the cosine similarities between
-    query [T, m, D] and support [T, n, D] embeddings."""
-    cos = F.normalize(z_query, dim=-1) @ F.normalize(z_support, dim=-1).transpose(1, 2)
-    return cos.softmax(-1)
+    query [T, m, D] and support [T, n, D] embeddings. ``normalize_query=False`` leaves the query
+    unnormalised, so its length acts as a learned inverse temperature of the softmax."""
+    q = F.normalize(z_query, dim=-1) if normalize_query else z_query
+    return (q @ F.normalize(z_support, dim=-1).transpose(1, 2)).softmax(-1)
 
 
 def class_probs(att: Tensor, y_support: Tensor, ways: int) -> Tensor:
@@ -72,10 +73,12 @@ class FullContextEmbedding(nn.Module):
 
 class MatchingNet(MetricLearner):
     def __init__(self, backbone: nn.Module, kind: str, ways: int, fce: bool = False,
-                 fce_steps: int = 5):
+                 fce_steps: int = 5, normalize_query: bool = True):
         super().__init__(backbone, kind, ways)
-        if not isinstance(fce, bool):
-            raise ValueError(f"algo.fce={fce} must be true or false")
+        for key, v in (("fce", fce), ("normalize_query", normalize_query)):
+            if not isinstance(v, bool):
+                raise ValueError(f"algo.{key}={v} must be true or false")
+        self.normalize_query = normalize_query
         if isinstance(fce_steps, bool) or not isinstance(fce_steps, int) or fce_steps <= 0:
             raise ValueError(f"algo.fce_steps={fce_steps} must be a positive integer")
         self.fce = FullContextEmbedding(backbone.out_dim, fce_steps) if fce else None
@@ -86,5 +89,5 @@ class MatchingNet(MetricLearner):
 
     def logits(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
         """Log class probabilities: cross-entropy on them is the NLL of the distribution."""
-        probs = class_probs(attention(z_query, z_support), y_support, ways)
+        probs = class_probs(attention(z_query, z_support, self.normalize_query), y_support, ways)
         return probs.clamp_min(MIN_PROB).log()
