@@ -44,6 +44,34 @@ def _axis_name(metric: str | None) -> tuple[str, float]:
     return ("accuracy (%)", 100.0) if metric == "accuracy" else ("MSE", 1.0)
 
 
+def _draw_curves(ax, chosen: list[dict[str, Any]], metric: str) -> None:
+    name, scale = _axis_name(metric)
+    for g, label in zip(chosen, _labels(chosen), strict=True):
+        steps, values = zip(*mean_curve(g["runs"]), strict=True)
+        seeds = f" ({g['seeds']} seeds)" if g["seeds"] > 1 else ""
+        ax.plot(steps, [scale * v for v in values], marker="o", markersize=3, label=label + seeds)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel(f"validation {name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _draw_tests(ax, chosen: list[dict[str, Any]], metric: str) -> None:
+    name, scale = _axis_name(metric)
+    ys = [scale * g["test_mean"] for g in chosen]
+    errs = [scale * (g["test_ci95"] or 0.0) for g in chosen]
+    xs = range(len(chosen))
+    ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=5)
+    for x, y, e in zip(xs, ys, errs, strict=True):
+        ax.annotate(f"{y:.2f} ± {e:.2f}", (x, y + e), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize=8)
+    ax.set_xticks(list(xs), _labels(chosen), rotation=20, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(chosen) - 0.4)
+    ax.margins(y=0.15)  # room for the value labels above the bars
+    ax.set_ylabel(f"test {name}")
+    ax.grid(axis="y", alpha=0.3)
+
+
 def write_figures(groups: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Draw ``val_curves.png`` (one line per setting, seeds averaged) and ``test_results.png``
     (test mean per setting with its 95% CI as an error bar) under ``out_dir``; one panel per
@@ -57,55 +85,23 @@ def write_figures(groups: list[dict[str, Any]], out_dir: str | Path) -> list[Pat
     metrics = sorted({g["metric"] for g in complete if g["metric"]}, key=str)
     out_dir = Path(out_dir)
     written: list[Path] = []
-    if not metrics:
-        return written
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    with_curves = [g for g in complete if mean_curve(g["runs"])]
-    if with_curves:
+    figures = (
+        (CURVES, [g for g in complete if mean_curve(g["runs"])], _draw_curves,
+         "validation during meta-training"),
+        (TESTS, [g for g in complete if g["test_mean"] is not None], _draw_tests,
+         "test: mean over episodes (and seeds), 95% CI"),
+    )
+    for filename, shown, draw, title in figures:
+        if not shown or not metrics:
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
         fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.2),
                                  squeeze=False)
         for ax, metric in zip(axes[0], metrics, strict=True):
-            chosen = [g for g in with_curves if g["metric"] == metric]
-            name, scale = _axis_name(metric)
-            for g, label in zip(chosen, _labels(chosen), strict=True):
-                steps, values = zip(*mean_curve(g["runs"]), strict=True)
-                seeds = f" ({g['seeds']} seeds)" if g["seeds"] > 1 else ""
-                ax.plot(steps, [scale * v for v in values], marker="o", markersize=3,
-                        label=label + seeds)
-            ax.set_xlabel("meta-iteration")
-            ax.set_ylabel(f"validation {name}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle("validation during meta-training")
+            draw(ax, [g for g in shown if g["metric"] == metric], metric)
+        fig.suptitle(title)
         fig.tight_layout()
-        written.append(out_dir / CURVES)
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-
-    tested = [g for g in complete if g["test_mean"] is not None]
-    if tested:
-        fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.2),
-                                 squeeze=False)
-        for ax, metric in zip(axes[0], metrics, strict=True):
-            chosen = [g for g in tested if g["metric"] == metric]
-            name, scale = _axis_name(metric)
-            ys = [scale * g["test_mean"] for g in chosen]
-            errs = [scale * (g["test_ci95"] or 0.0) for g in chosen]
-            xs = range(len(chosen))
-            ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=5)
-            for x, y, e in zip(xs, ys, errs, strict=True):
-                ax.annotate(f"{y:.2f} ± {e:.2f}", (x, y + e), textcoords="offset points",
-                            xytext=(0, 4), ha="center", fontsize=8)
-            ax.set_xticks(list(xs), _labels(chosen), rotation=20, ha="right", fontsize=8)
-            ax.set_xlim(-0.6, len(chosen) - 0.4)
-            ax.margins(y=0.15)  # room for the value labels above the bars
-            ax.set_ylabel(f"test {name}")
-            ax.grid(axis="y", alpha=0.3)
-        fig.suptitle("test: mean over episodes (and seeds), 95% CI")
-        fig.tight_layout()
-        written.append(out_dir / TESTS)
+        written.append(out_dir / filename)
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     return written
-
