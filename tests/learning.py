@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from metabench import run
 from metabench.evaluation import run_episodes, summarize
 
@@ -11,6 +13,7 @@ FAST = ["data=synthetic", "logger=none", "data.source.image_size=16", "data.sour
 
 def train_and_compare(cfg_factory, tmp_path, *overrides: str) -> tuple[float, float]:
     cfg = cfg_factory(*FAST, *overrides)
+    torch.manual_seed(cfg.seed)  # as run.train does: "before" is the init training starts from
     data, learner, device = run.prepare(cfg, ("test",))
     test = data.sampler("test", run.episode_spec(cfg, False), device)
     before = summarize(run_episodes(learner, test, cfg.eval.episodes, cfg.eval.batch,
