@@ -9,7 +9,6 @@ all-reduce. NCCL on CUDA, gloo on CPU."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -61,10 +60,7 @@ def shutdown(world: World) -> None:
 def shard(episode: Episode, world: World) -> Episode:
     """This rank's contiguous share of the tasks (the meta-batch is a multiple of the size)."""
     per = episode.tasks // world.size
-    part = slice(world.rank * per, (world.rank + 1) * per)
-    return dataclasses.replace(episode, **{
-        f.name: getattr(episode, f.name)[part] for f in dataclasses.fields(episode)
-        if isinstance(getattr(episode, f.name), Tensor)})
+    return episode.select(slice(world.rank * per, (world.rank + 1) * per))
 
 
 def _flat_all_reduce(tensors: list[Tensor], world: World) -> None:

@@ -41,11 +41,15 @@ class Episode:
     def is_classification(self) -> bool:
         return self.ways > 0
 
+    def select(self, tasks: slice) -> Episode:
+        """The tasks in ``tasks`` (a slice of the task dimension), every per-task field alike."""
+        return Episode(self.x_support[tasks], self.y_support[tasks], self.x_query[tasks],
+                       self.y_query[tasks], self.ways,
+                       None if self.classes is None else self.classes[tasks])
+
     def task(self, t: int) -> Episode:
         """The t-th task alone, keeping a task dimension of 1."""
-        s = slice(t, t + 1)
-        return Episode(self.x_support[s], self.y_support[s], self.x_query[s], self.y_query[s],
-                       self.ways, None if self.classes is None else self.classes[s])
+        return self.select(slice(t, t + 1))
 
     def to(self, device: torch.device | str) -> Episode:
         return Episode(self.x_support.to(device), self.y_support.to(device),
