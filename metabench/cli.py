@@ -4,6 +4,7 @@ progress with rich, and turns user errors into one line and exit code 2."""
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -162,6 +163,12 @@ def _train_task(cfg: DictConfig) -> float:
     return float(out["best_val"])
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    """SIGTERM (a scheduler's time limit, ``kill``) stops training as Ctrl-C does: the last
+    finished step is saved to last.pt, ready for ``train.resume=true``."""
+    raise KeyboardInterrupt
+
+
 def train_cmd(args: list[str]) -> int:
     import hydra
 
@@ -174,6 +181,7 @@ def train_cmd(args: list[str]) -> int:
                 "hydra/hydra_logging=none"]
     argv = sys.argv
     sys.argv = ["metabench train", *args]
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         app()
     except SystemExit as e:
@@ -184,6 +192,7 @@ def train_cmd(args: list[str]) -> int:
         raise
     finally:
         sys.argv = argv
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -243,7 +252,8 @@ def evaluate_cmd(args: list[str]) -> int:
         table.add_row("", "", "before adaptation", "", fmt(results["pre_adaptation_mean"]),
                       f"+- {fmt(results['pre_adaptation_ci95'])}")
     console.print(table)
-    console.print(f"results written to {checkpoint.parent / 'results.json'}", highlight=False)
+    console.print(f"results written to {checkpoint.parent / run.results_name(cfg, blob)}",
+                  highlight=False)
     return 0
 
 

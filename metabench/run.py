@@ -363,9 +363,21 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
     return out
 
 
+def results_name(cfg: DictConfig, blob: dict[str, Any]) -> str:
+    """``results.json`` for the test setting the run was trained for; for another setting
+    ``results_<ways>w<shots>s.json``, so evaluating a checkpoint in several settings keeps
+    each result (and the run's own, which ``metabench report`` reads)."""
+    spec = episode_spec(cfg, False)
+    own = episode_spec(OmegaConf.create(blob["config"]), False)
+    if (spec.ways, spec.shots) == (own.ways, own.shots):
+        return "results.json"
+    return f"results_{spec.ways}w{spec.shots}s.json"
+
+
 def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: torch.device,
                     blob: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
-    """Test ``blob``'s weights on ``eval.episodes`` seeded test episodes; write results.json."""
+    """Test ``blob``'s weights on ``eval.episodes`` seeded test episodes; write the result
+    next to the checkpoint (``results_name``)."""
     learner.load_state_dict(blob["model"])
     spec = episode_spec(cfg, False)
     per = run_episodes(learner, sampler(cfg, data, "test", device), cfg.eval.episodes,
@@ -383,7 +395,7 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
     pre = f"pre_{key}"
     if pre in summary:  # e.g. MAML: the same episodes before adaptation
         results["pre_adaptation_mean"], results["pre_adaptation_ci95"] = summary[pre]
-    atomic_write_json(results, Path(checkpoint).parent / "results.json")
+    atomic_write_json(results, Path(checkpoint).parent / results_name(cfg, blob))
     return results
 
 

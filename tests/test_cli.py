@@ -88,14 +88,19 @@ def test_evaluate_results_are_deterministic_and_complete(trained):
     assert "95% CI" in r.stdout and f"{100 * res['mean']:.2f}%" in r.stdout
 
 
-def test_evaluate_in_another_setting(trained):
+def test_evaluate_in_another_setting_keeps_the_runs_own_result(trained):
     root, run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "best.pt"
+    own = ckpt.parent / "results.json"
+    before = own.read_text() if own.exists() else None
     r = metabench("evaluate", f"checkpoint={ckpt}", "data.ways=10", "data.shots=5",
                   "eval.episodes=20", "logger=none", cwd=root)
     assert r.returncode == 0, r.stderr
-    res = json.loads((ckpt.parent / "results.json").read_text())
+    other = ckpt.parent / "results_10w5s.json"
+    res = json.loads(other.read_text())
     assert (res["ways"], res["shots"], res["episodes"]) == (10, 5, 20)
+    assert (own.read_text() if own.exists() else None) == before
+    assert "results_10w5s.json" in r.stdout.replace("\n", "")
 
 
 def test_help_lists_commands_and_groups(tmp_path):

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from metabench.checkpoint import load_checkpoint
@@ -72,7 +73,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 120
 
 
-def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_writes_checkpoint_and_exits_130(tmp_path, sig):
+    """Ctrl-C, or SIGTERM as a scheduler sends at its time limit: last.pt holds the step."""
     run_dir = tmp_path / "run"
     # SIGINT may be ignored by whatever started pytest (e.g. a background job), and an
     # ignored disposition is inherited: give the child the default one
@@ -82,7 +85,7 @@ def test_ctrl_c_writes_checkpoint_and_exits_130(tmp_path):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_step(run_dir, proc, 10)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "interrupted after step" in err and "train.resume=true" in err
