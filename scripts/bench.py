@@ -229,6 +229,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", default="bench.json")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time ProtoNet under torch.compile (minutes to compile)")
     args = ap.parse_args()
     device = torch.device(args.device)
     results: dict = {"device": str(device), "torch": torch.__version__,
@@ -254,13 +256,19 @@ def main() -> None:
             variants += [("metabench_bf16", True, {}, "bf16"), ("metabench_fp16", True, {}, "fp16")]
             if name == "maml":
                 variants.append(("metabench_loop", False, {"task_batching": "loop"}, "fp32"))
+        if args.compile and name == "protonet":
+            variants.append(("metabench_compiled", True, {}, "fp32"))
         for variant, cl, kw, precision in variants:
             reset_peak(device)
             learner = make(device, cl, **kw)
             opt = torch.optim.Adam(learner.parameters(), 1e-3)
             gen = torch.Generator().manual_seed(0)
-            times = timed(ours_step(learner, sampler, tasks, opt, gen, cl, precision), device,
+            model = torch.compile(learner) if variant == "metabench_compiled" else learner
+            started = time.perf_counter()
+            times = timed(ours_step(model, sampler, tasks, opt, gen, cl, precision), device,
                           args.warmup, args.repeats)
+            if variant == "metabench_compiled":  # the warm-up steps include compiling
+                row["compile_and_warmup_s"] = time.perf_counter() - started - sum(times)
             row[variant] = {"it_per_s": 1 / statistics.median(times),
                             "peak_mb": peak_mb(device)}
         # sampling share of a metabench step
@@ -328,6 +336,10 @@ def print_table(r: dict) -> None:
             x = r[name]
             print(f"{name} channels_last + bf16 {x['metabench_bf16']['it_per_s']:.3f} it/s, "
                   f"+ fp16 {x['metabench_fp16']['it_per_s']:.3f} it/s")
+    if "metabench_compiled" in r["protonet"]:
+        x = r["protonet"]
+        print(f"protonet channels_last + torch.compile {x['metabench_compiled']['it_per_s']:.3f}"
+              f" it/s (compiling and warm-up: {x['compile_and_warmup_s']:.0f} s)")
     if "metabench_loop" in r["maml"]:
         print(f"MAML task batching: vmap (auto) {r['maml']['metabench']['it_per_s']:.3f} it/s, "
               f"per-task loop {r['maml']['metabench_loop']['it_per_s']:.3f} it/s")
