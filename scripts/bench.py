@@ -1,13 +1,15 @@
 """metabench speed benchmark: metabench against a baseline written the way common libraries do
 it, in ONE process, on the same machine and data.
 
-For MAML (second order, 5-way 1-shot, meta-batch 32, 1 inner step, 15 queries per class) and
-ProtoNet (60-way 5-shot 5-query training episodes) it times end-to-end meta-iterations/s
+For MAML (second order, 5-way 1-shot, meta-batch 32, 1 inner step, 15 queries per class; on the
+max-pooled Conv-4 and on the strided Conv-4 of MAML's Omniglot code) and ProtoNet (60-way 5-shot
+5-query training episodes) it times end-to-end meta-iterations/s
 (episode sampling + forward + backward + optimizer step; median of repeats after warm-up):
 - metabench: episodes sampled by indexing the uint8 cache on the device, torch.func inner loop;
-- baseline: a per-item PIL-decoding Dataset read through a DataLoader, and for MAML a per-task
-  loop that copies the model per task (learn2learn-style clone) and steps it with
-  torch.autograd.grad(create_graph=True).
+- baseline: a per-item PIL-decoding Dataset read through a DataLoader, the network built from
+  torch.nn layers in the usual order ([conv, BatchNorm2d, ReLU, MaxPool2d] blocks) with the same
+  weights, and for MAML a per-task loop that copies the model per task (learn2learn-style clone)
+  and steps it with torch.autograd.grad(create_graph=True).
 It also checks that both compute the same MAML meta-gradient, measures the share of a step
 spent sampling episodes, and times the evaluation of 600 ProtoNet test episodes.
 
@@ -30,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from metabench.algorithms.maml import MAML
@@ -133,6 +136,31 @@ def clone_module(module: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
+def library_network(model: nn.Module) -> nn.Module:
+    """metabench's Conv-4 (+ head) rebuilt from torch.nn layers as libraries write it:
+    [Conv2d, BatchNorm2d (batch statistics), ReLU, MaxPool2d] blocks, the same weights, the
+    same parameter order."""
+    body = model.backbone if hasattr(model, "backbone") else model
+    mods, blocks = list(body.features), []
+    for i in range(0, len(mods), 4):
+        conv, norm, pooling, _ = mods[i:i + 4]
+        bn = nn.BatchNorm2d(conv.out_channels, track_running_stats=False)
+        bn.load_state_dict(norm.state_dict())
+        blocks += [copy.deepcopy(conv), bn, nn.ReLU(), copy.deepcopy(pooling)]
+    layers = [nn.Sequential(*blocks)]
+    layers.append(MeanReadout() if body.readout == "mean" else nn.Flatten())
+    if hasattr(model, "head"):
+        layers.append(copy.deepcopy(model.head))
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    return nn.Sequential(*layers).to(device, dtype)
+
+
+class MeanReadout(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3))
+
+
 def _param_owners(module):
     return [(n, m) for n, m in module.named_modules() if m._parameters]
 
@@ -171,9 +199,11 @@ def baseline_protonet_loss(encoder, ep: Episode) -> torch.Tensor:
 
 # --- the benchmark -----------------------------------------------------------------------
 
-def make_maml(device, channels_last=False, task_batching="auto") -> MAML:
+def make_maml(device, channels_last=False, task_batching="auto", downsample="pool") -> MAML:
     torch.manual_seed(0)
-    m = MAML(Conv4((1, 28, 28)), "classification", 5, inner_lr=0.4, inner_steps=1,
+    backbone = Conv4((1, 28, 28), downsample=downsample,
+                     readout="mean" if downsample == "stride" else "flatten")
+    m = MAML(backbone, "classification", 5, inner_lr=0.4, inner_steps=1,
              task_batching=task_batching).to(device)
     return m.to(memory_format=torch.channels_last) if channels_last else m
 
@@ -207,17 +237,18 @@ def to_channels_last(ep: Episode) -> Episode:
     return Episode(cl(ep.x_support), ep.y_support, cl(ep.x_query), ep.y_query, ep.ways)
 
 
-def meta_grad_check(device, dtype, sampler) -> float:
+def meta_grad_check(device, dtype, sampler, downsample="pool") -> float:
     """Max relative difference between metabench's and the baseline's MAML meta-gradient
     (TF32 off, so float32 means float32 on CUDA too)."""
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    learner = make_maml(device).to(dtype)
+    learner = make_maml(device, downsample=downsample).to(dtype)
     ep = sampler.sample(4, torch.Generator().manual_seed(5))
     ep = Episode(ep.x_support.to(dtype), ep.y_support, ep.x_query.to(dtype), ep.y_query, 5)
     loss, _ = learner(ep)
     ours = torch.autograd.grad(loss, list(learner.model.parameters()))
-    ref_loss = baseline_maml_loss(learner.model, ep, 0.4, 1)
-    ref = torch.autograd.grad(ref_loss, list(learner.model.parameters()))
+    library = library_network(learner.model)
+    ref_loss = baseline_maml_loss(library, ep, 0.4, 1)
+    ref = torch.autograd.grad(ref_loss, list(library.parameters()))
     a, b = torch.cat([g.flatten() for g in ours]), torch.cat([g.flatten() for g in ref])
     return ((a - b).abs().max() / b.abs().max()).item()
 
@@ -245,6 +276,8 @@ def main() -> None:
 
     settings = {
         "maml": (EpisodeSpec(5, 1, 15), 32, make_maml),
+        "maml_strided": (EpisodeSpec(5, 1, 15), 32,
+                         lambda *a, **kw: make_maml(*a, downsample="stride", **kw)),
         "protonet": (EpisodeSpec(60, 5, 5), 1, make_protonet),
     }
     for name, (spec, tasks, make) in settings.items():
@@ -254,7 +287,7 @@ def main() -> None:
                     ("metabench_channels_last", True, {}, "fp32")]
         if device.type == "cuda":  # mixed precision, and (MAML) the per-task loop against vmap
             variants += [("metabench_bf16", True, {}, "bf16"), ("metabench_fp16", True, {}, "fp16")]
-            if name == "maml":
+            if name.startswith("maml"):
                 variants.append(("metabench_loop", False, {"task_batching": "loop"}, "fp32"))
         if args.compile and name == "protonet":
             variants.append(("metabench_compiled", True, {}, "fp32"))
@@ -278,13 +311,14 @@ def main() -> None:
         # the baseline
         reset_peak(device)
         learner = make(device)
-        model = learner.model if name == "maml" else learner.backbone
+        maml = name.startswith("maml")
+        model = library_network(learner.model if maml else learner.backbone)
         opt = torch.optim.Adam(model.parameters(), 1e-3)
         episodes = loader_episodes(pngs, spec, tasks, device)
 
-        def base_step(model=model, opt=opt, episodes=episodes, name=name):
+        def base_step(model=model, opt=opt, episodes=episodes, maml=maml):
             ep = next(episodes)
-            loss = (baseline_maml_loss(model, ep, 0.4, 1) if name == "maml"
+            loss = (baseline_maml_loss(model, ep, 0.4, 1) if maml
                     else baseline_protonet_loss(model, ep))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -296,11 +330,13 @@ def main() -> None:
         row["speedup"] = best / row["baseline"]["it_per_s"]
         results[name] = row
 
-    float32 = meta_grad_check(device, torch.float32, data.sampler("train", EpisodeSpec(5, 1, 15),
-                                                                  device))
-    float64 = meta_grad_check(device, torch.float64, data.sampler("train", EpisodeSpec(5, 1, 15),
-                                                                  device))
-    results["maml_meta_grad_rel_diff"] = {"float32": float32, "float64": float64}
+    maml_sampler = data.sampler("train", EpisodeSpec(5, 1, 15), device)
+    for key, downsample in (("maml_meta_grad_rel_diff", "pool"),
+                            ("maml_strided_meta_grad_rel_diff", "stride")):
+        results[key] = {"float32": meta_grad_check(device, torch.float32, maml_sampler,
+                                                   downsample),
+                        "float64": meta_grad_check(device, torch.float64, maml_sampler,
+                                                   downsample)}
 
     learner = make_protonet(device)
     test = data.sampler("test", EpisodeSpec(5, 1, 15), device)
@@ -320,18 +356,21 @@ def print_table(r: dict) -> None:
           f"{r['threads']} threads")
     print(f"{'setting':28s} {'metabench it/s':>15s} {'+channels_last':>15s} {'baseline it/s':>14s}"
           f" {'speedup':>8s} {'sampling':>9s}")
-    for name in ("maml", "protonet"):
+    labels = {"maml": "MAML 5w1s 2nd-order mb32", "maml_strided": "  strided Conv-4 (paper's)",
+              "protonet": "ProtoNet 60w5s5q"}
+    for name, label in labels.items():
         x = r[name]
-        label = ("MAML 5w1s 2nd-order mb32" if name == "maml" else "ProtoNet 60w5s5q")
         print(f"{label:28s} {x['metabench']['it_per_s']:15.3f} "
               f"{x['metabench_channels_last']['it_per_s']:15.3f} {x['baseline']['it_per_s']:14.3f}"
               f" {x['speedup']:7.2f}x {100 * x['sampling_share']:8.2f}%")
-    g = r["maml_meta_grad_rel_diff"]
-    print(f"MAML meta-gradient vs baseline (max rel diff): float32 {g['float32']:.2e}, "
-          f"float64 {g['float64']:.2e}")
+    for key, label in (("maml_meta_grad_rel_diff", "MAML"),
+                       ("maml_strided_meta_grad_rel_diff", "MAML strided")):
+        g = r[key]
+        print(f"{label} meta-gradient vs baseline (max rel diff): float32 {g['float32']:.2e}, "
+              f"float64 {g['float64']:.2e}")
     print(f"ProtoNet: 600 test episodes (5w1s15q) evaluated in "
           f"{r['protonet_eval_600_episodes_s']:.1f} s")
-    for name in ("maml", "protonet"):
+    for name in labels:
         if "metabench_bf16" in r[name]:
             x = r[name]
             print(f"{name} channels_last + bf16 {x['metabench_bf16']['it_per_s']:.3f} it/s, "
@@ -340,10 +379,11 @@ def print_table(r: dict) -> None:
         x = r["protonet"]
         print(f"protonet channels_last + torch.compile {x['metabench_compiled']['it_per_s']:.3f}"
               f" it/s (compiling and warm-up: {x['compile_and_warmup_s']:.0f} s)")
-    if "metabench_loop" in r["maml"]:
-        print(f"MAML task batching: vmap (auto) {r['maml']['metabench']['it_per_s']:.3f} it/s, "
-              f"per-task loop {r['maml']['metabench_loop']['it_per_s']:.3f} it/s")
-    for name in ("maml", "protonet"):
+    for name in ("maml", "maml_strided"):
+        if "metabench_loop" in r[name]:
+            print(f"{name} task batching: vmap (auto) {r[name]['metabench']['it_per_s']:.3f} "
+                  f"it/s, per-task loop {r[name]['metabench_loop']['it_per_s']:.3f} it/s")
+    for name in labels:
         x = r[name]
         print(f"peak memory {name}: metabench {x['metabench']['peak_mb']:.0f} MB, "
               f"baseline {x['baseline']['peak_mb']:.0f} MB")

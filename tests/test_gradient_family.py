@@ -3,6 +3,8 @@ the outer optimiser/schedule keys, and learning on synthetic images far above ch
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -170,6 +172,86 @@ def test_reptile_sgd_outer_step_is_the_interpolation(inner, cfg_factory):
                         for t in range(ep.tasks)])
     acc = (pred.argmax(-1) == ep.y_query).double().mean(1)
     assert torch.allclose(metrics["acc"].double(), acc)
+
+
+def test_reptile_carried_adam_state_runs_on_like_one_optimizer(cfg_factory):
+    """The reference code's Adam: one optimizer whose moments and step count carry on from task
+    to task and iteration to iteration (only the weights are reset to theta); evaluation
+    starts every task from that state and leaves it unchanged."""
+    eps, steps = 0.3, 3
+    learner = make_reptile(inner_lr=0.05, inner_steps=steps, inner_adam_state="carried",
+                           beta1=0.5)
+    ref = {k: v.detach().clone().requires_grad_() for k, v in learner.model.named_parameters()}
+    opt = torch.optim.Adam(ref.values(), lr=learner.inner_lr, betas=learner.betas, eps=1e-8)
+
+    def ref_adapt(theta, x, y, optimizer):
+        with torch.no_grad():
+            for k, v in ref.items():
+                v.copy_(theta[k])
+        for _ in range(steps):
+            optimizer.zero_grad()
+            F.cross_entropy(functional_call(learner.model, ref, (x,)), y).backward()
+            optimizer.step()
+        return {k: v.detach().clone() for k, v in ref.items()}
+
+    cfg = cfg_factory("algo=reptile", "data=synthetic", f"train.lr={eps}", "train.iterations=10")
+    outer, _ = run.build_optimizer(cfg, learner)
+    for it in range(2):  # two meta-iterations: the state also carries across iterations
+        ep = tiny_episode(tasks=3, seed=it)
+        theta = {k: v.detach().clone() for k, v in learner.model.named_parameters()}
+        phis = [ref_adapt(theta, ep.x_support[t], ep.y_support[t], opt) for t in range(3)]
+        loss, _ = learner(ep)
+        outer.zero_grad()
+        loss.backward()
+        outer.step()
+        for k, p in learner.model.named_parameters():
+            want = theta[k] + eps * (sum(phi[k] for phi in phis) / 3 - theta[k])
+            assert torch.allclose(p.detach(), want, atol=1e-10), (it, k)
+    state = learner.adam_state()
+    assert state.t == 2 * 3 * steps
+    for k, v in ref.items():
+        assert torch.allclose(state.m[k], opt.state[v]["exp_avg"], atol=1e-12), k
+        assert torch.allclose(state.v[k], opt.state[v]["exp_avg_sq"], atol=1e-12), k
+    # a fresh state would step differently: the carried one is what made the match above
+    fresh = make_reptile(inner_lr=0.05, inner_steps=steps)
+    fresh.load_state_dict({k: v for k, v in learner.state_dict().items()
+                           if not k.startswith("adam_")})
+    x, y = tiny_episode(tasks=1, seed=9).x_support[0], tiny_episode(tasks=1, seed=9).y_support[0]
+    theta = {k: v.detach() for k, v in learner.model.named_parameters()}
+    carried_phi, _ = learner.adapt(theta, x, y, steps, state=learner.adam_state())
+    fresh_phi, _ = fresh.adapt(theta, x, y, steps, state=fresh.adam_state())
+    assert not torch.allclose(carried_phi["head.weight"], fresh_phi["head.weight"])
+    # evaluation: each task from the saved state (a copy of the optimizer), state unchanged
+    saved = {k: v.clone() for k, v in learner.state_dict().items()}
+    learner.eval()
+    ep = tiny_episode(tasks=2, seed=7)
+    with torch.no_grad():
+        _, metrics = learner(ep)
+    theta = {k: v.detach().clone() for k, v in learner.model.named_parameters()}
+    for t in range(2):
+        copy = torch.optim.Adam(ref.values(), lr=learner.inner_lr, betas=learner.betas, eps=1e-8)
+        copy.load_state_dict(deepcopy(opt.state_dict()))
+        phi = ref_adapt(theta, ep.x_support[t], ep.y_support[t], copy)
+        mine, _ = learner.adapt(theta, ep.x_support[t], ep.y_support[t], steps,
+                                state=learner.adam_state())
+        for k in phi:
+            assert torch.allclose(mine[k], phi[k], atol=1e-10), (k, (mine[k] - phi[k]).abs().max())
+    for k, v in learner.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    assert "adam_v" in saved and "adam_t" in saved  # checkpoints hold the state
+
+
+def test_reptile_carried_state_comes_back_with_the_checkpointed_weights():
+    """Resuming from a state_dict continues exactly: the carried Adam state is in it."""
+    a = make_reptile(inner_lr=0.05, inner_steps=3, inner_adam_state="carried")
+    a(tiny_episode(tasks=2, seed=1))  # one training forward moves the carried state
+    b = make_reptile(inner_lr=0.05, inner_steps=3, inner_adam_state="carried")
+    blank = make_reptile(inner_lr=0.05, inner_steps=3, inner_adam_state="carried")
+    b.load_state_dict(a.state_dict())
+    ep = tiny_episode(tasks=2, seed=2)
+    la, lb, lblank = a(ep)[0], b(ep)[0], blank(ep)[0]
+    assert torch.equal(la, lb)
+    assert not torch.allclose(la, lblank)  # same weights, blank state: another step
 
 
 def test_linear_schedule_reaches_zero_and_resumes(cfg_factory):

@@ -8,6 +8,12 @@ the surrogate loss ``mean_t 0.5 * ||theta - stopgrad(phi_t)||^2``, whose gradien
 ``train.lr=eps``, ``train.lr_schedule=linear`` for the paper's annealing to 0) takes exactly
 the Reptile step. The metrics are those of the adapted weights phi on the query set.
 
+``inner_adam_state=carried`` is the reference code's Adam (TensorFlow's optimizer slots are not
+part of the interpolated weights): the moment estimates and the step count carry on from task
+to task through training, the shared state is saved with the weights, and each evaluation
+task starts from it and leaves it unchanged. ``per_task`` starts every task from a fresh,
+bias-corrected state, whose first steps are sign steps of size ``inner_lr`` on every weight.
+
 Evaluation fine-tunes on the support set for ``eval_inner_steps`` and scores the query set.
 Batch norm uses the statistics of each forward call (backbones/norms.py), so how the query
 set is fed decides what its predictions may see: ``transductive=false`` (the default, the
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +39,15 @@ from metabench.algorithms.gradient import Params
 from metabench.backbones.norms import explicit_batch_stats
 from metabench.episodes import Episode
 
+
+class AdamState(NamedTuple):
+    """Inner Adam's first and second moment estimates and its step count."""
+    m: Params
+    v: Params
+    t: int
+
 INNER_OPTIMIZERS = ("sgd", "adam")
+ADAM_STATES = ("per_task", "carried")
 QUERY_IMAGES_PER_CALL = 2048  # non-transductive scoring: images per forward, bounds memory
 
 
@@ -52,7 +67,8 @@ class Reptile(MetaLearner):
     def __init__(self, backbone: nn.Module, kind: str, ways: int, inner_lr: float = 0.001,
                  inner_steps: int = 5, eval_inner_steps: int = 50, inner_optimizer: str = "adam",
                  beta1: float = 0.0, beta2: float = 0.999, inner_batch: int = 0,
-                 eval_inner_batch: int = 0, transductive: bool = False):
+                 eval_inner_batch: int = 0, transductive: bool = False,
+                 inner_adam_state: str = "per_task"):
         super().__init__(backbone, kind, ways)
         if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)) or inner_lr <= 0:
             raise ValueError(f"algo.inner_lr={inner_lr} must be a positive number")
@@ -66,6 +82,9 @@ class Reptile(MetaLearner):
         for key, v in (("beta1", beta1), ("beta2", beta2)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
                 raise ValueError(f"algo.{key}={v} must be a number in [0, 1)")
+        if inner_adam_state not in ADAM_STATES:
+            raise ValueError(f"algo.inner_adam_state={inner_adam_state} is not one of: "
+                             f"{', '.join(ADAM_STATES)}")
         if not isinstance(transductive, bool):
             raise ValueError(f"algo.transductive={transductive} must be true or false")
         out = ways if kind == "classification" else 1
@@ -79,10 +98,37 @@ class Reptile(MetaLearner):
         self.inner_batch = inner_batch
         self.eval_inner_batch = eval_inner_batch
         self.transductive = transductive
+        self.carried = inner_adam_state == "carried" and inner_optimizer == "adam"
+        if self.carried:  # flat over all weights; buffers, so checkpoints and .to() carry them
+            n = sum(p.numel() for p in self.model.parameters())
+            self.register_buffer("adam_m", torch.zeros(n))
+            self.register_buffer("adam_v", torch.zeros(n))
+            self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
 
-    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int, batch: int = 0) -> Params:
+    def adam_state(self) -> AdamState:
+        """The state a task's inner Adam starts from: the carried one, or a fresh one."""
+        theta = dict(self.model.named_parameters())
+        if not self.carried:
+            zeros = {k: torch.zeros_like(v) for k, v in theta.items()}
+            return AdamState(zeros, dict(zeros), 0)
+        m, v, i = {}, {}, 0
+        for k, p in theta.items():
+            m[k] = self.adam_m[i:i + p.numel()].view_as(p)
+            v[k] = self.adam_v[i:i + p.numel()].view_as(p)
+            i += p.numel()
+        return AdamState(m, v, int(self.adam_t))
+
+    @torch.no_grad()
+    def keep_adam_state(self, state: AdamState) -> None:
+        self.adam_m.copy_(torch.cat([t.flatten() for t in state.m.values()]))
+        self.adam_v.copy_(torch.cat([t.flatten() for t in state.v.values()]))
+        self.adam_t.fill_(state.t)
+
+    def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int, batch: int = 0,
+              state: AdamState | None = None) -> tuple[Params, AdamState | None]:
         """phi: ``steps`` inner optimiser steps on (x, y) from ``params`` (detached: Reptile
-        needs no gradient through the inner loop), on minibatches of ``batch`` (0: all)."""
+        needs no gradient through the inner loop), on minibatches of ``batch`` (0: all); Adam
+        starts from ``state`` (None: fresh) and its final state is returned with phi."""
         classification = self.kind == "classification"
 
         def loss_fn(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
@@ -92,8 +138,10 @@ class Reptile(MetaLearner):
         grad_fn = torch.func.grad(loss_fn)
         params = {k: v.detach() for k, v in params.items()}
         batches = minibatches(x.shape[0], batch, steps, x.device)
-        m = {k: torch.zeros_like(v) for k, v in params.items()}
-        v2 = {k: torch.zeros_like(v) for k, v in params.items()}
+        if state is None:
+            state = AdamState({k: torch.zeros_like(v) for k, v in params.items()},
+                              {k: torch.zeros_like(v) for k, v in params.items()}, 0)
+        m, v2, t0 = state
         b1, b2 = self.betas
         lr = self.inner_lr
         for i in range(steps):
@@ -102,13 +150,15 @@ class Reptile(MetaLearner):
             if self.inner_optimizer == "sgd":
                 params = {k: p - lr * grads[k] for k, p in params.items()}
                 continue
-            t = i + 1  # Adam, state fresh per task, bias-corrected
+            t = t0 + i + 1  # Adam, bias-corrected
             m = {k: b1 * m[k] + (1 - b1) * g for k, g in grads.items()}
             v2 = {k: b2 * v2[k] + (1 - b2) * g * g for k, g in grads.items()}
             c1, c2 = 1 - b1 ** t, 1 - b2 ** t
             params = {k: p - lr * (m[k] / c1) / ((v2[k] / c2).sqrt() + 1e-8)
                       for k, p in params.items()}
-        return params
+        if self.inner_optimizer == "sgd":
+            return params, None
+        return params, AdamState(m, v2, t0 + steps)
 
     def predict(self, params: Params, xs: Tensor, xq: Tensor, transductive: bool) -> Tensor:
         """Query predictions; non-transductive: each query forwarded with the support set."""
@@ -131,8 +181,17 @@ class Reptile(MetaLearner):
         else:
             steps, batch, transductive = (self.eval_inner_steps, self.eval_inner_batch,
                                           self.transductive)
-        phis = [self.adapt(theta, episode.x_support[t], episode.y_support[t], steps, batch)
-                for t in range(episode.tasks)]
+        start = self.adam_state() if self.inner_optimizer == "adam" else None
+        phis, state = [], start
+        for t in range(episode.tasks):
+            # carried: training threads one state through the tasks (the reference code's
+            # sequential Adam); evaluation starts every task from the saved state
+            task_start = state if self.training and self.carried else start
+            phi, state = self.adapt(theta, episode.x_support[t], episode.y_support[t], steps,
+                                    batch, task_start)
+            phis.append(phi)
+        if self.training and self.carried:
+            self.keep_adam_state(state)
         with torch.no_grad():
             post = torch.stack([self.predict(phi, episode.x_support[t], episode.x_query[t],
                                              transductive) for t, phi in enumerate(phis)])
