@@ -13,6 +13,7 @@ part of the interpolated weights): the moment estimates and the step count carry
 to task through training, the shared state is saved with the weights, and each evaluation
 task starts from it and leaves it unchanged. ``per_task`` starts every task from a fresh,
 bias-corrected state, whose first steps are sign steps of size ``inner_lr`` on every weight.
+Under ``torchrun`` each rank carries the state of its own tasks (rank 0's is saved).
 
 Evaluation fine-tunes on the support set for ``eval_inner_steps`` and scores the query set.
 Batch norm uses the statistics of each forward call (backbones/norms.py), so how the query
