@@ -40,16 +40,16 @@ from metabench.algorithms.gradient import Params
 from metabench.backbones.norms import explicit_batch_stats
 from metabench.episodes import Episode
 
+INNER_OPTIMIZERS = ("sgd", "adam")
+ADAM_STATES = ("per_task", "carried")
+QUERY_IMAGES_PER_CALL = 2048  # non-transductive scoring: images per forward, bounds memory
+
 
 class AdamState(NamedTuple):
     """Inner Adam's first and second moment estimates and its step count."""
     m: Params
     v: Params
     t: int
-
-INNER_OPTIMIZERS = ("sgd", "adam")
-ADAM_STATES = ("per_task", "carried")
-QUERY_IMAGES_PER_CALL = 2048  # non-transductive scoring: images per forward, bounds memory
 
 
 def minibatches(n: int, batch: int, steps: int, device: torch.device) -> list[Tensor] | None:
@@ -106,14 +106,12 @@ class Reptile(MetaLearner):
             self.register_buffer("adam_v", torch.zeros(n))
             self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
 
-    def adam_state(self) -> AdamState:
-        """The state a task's inner Adam starts from: the carried one, or a fresh one."""
-        theta = dict(self.model.named_parameters())
+    def adam_state(self) -> AdamState | None:
+        """The carried inner Adam state (views of the buffers); None: every task starts fresh."""
         if not self.carried:
-            zeros = {k: torch.zeros_like(v) for k, v in theta.items()}
-            return AdamState(zeros, dict(zeros), 0)
+            return None
         m, v, i = {}, {}, 0
-        for k, p in theta.items():
+        for k, p in self.model.named_parameters():
             m[k] = self.adam_m[i:i + p.numel()].view_as(p)
             v[k] = self.adam_v[i:i + p.numel()].view_as(p)
             i += p.numel()
@@ -182,7 +180,7 @@ class Reptile(MetaLearner):
         else:
             steps, batch, transductive = (self.eval_inner_steps, self.eval_inner_batch,
                                           self.transductive)
-        start = self.adam_state() if self.inner_optimizer == "adam" else None
+        start = self.adam_state()
         phis, state = [], start
         for t in range(episode.tasks):
             # carried: training threads one state through the tasks (the reference code's
