@@ -22,11 +22,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from metabench.console import console, err_console, report_error, warn
 from metabench.errors import ConfigError, UserError
 
 GROUPS = ("algo", "data", "backbone", "logger", "experiment", "search")
-console = Console()
-err_console = Console(stderr=True)
 
 
 def group_options(group: str) -> list[str]:
@@ -62,11 +61,6 @@ def print_help() -> None:
           "'metabench[sweeps]')")
 
 
-def report_error(e: Exception) -> None:
-    for line in str(e).splitlines() or [type(e).__name__]:
-        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
-
-
 def _fmt(point: dict[str, float]) -> str:
     parts = []
     for k, v in point.items():
@@ -74,6 +68,11 @@ def _fmt(point: dict[str, float]) -> str:
             continue
         parts.append(f"{k} {v:.2%}" if k.endswith("/acc") else f"{k} {v:.4f}")
     return "  ".join(parts)
+
+
+def plain(line: str) -> None:
+    """A line of plain text, never wrapped or cut: what `grep result:` finds in a log."""
+    console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 def _remove_if_empty(run_dir: Path) -> None:
@@ -103,9 +102,10 @@ def _train_task(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from metabench import run
+    from metabench import locking, run
     from metabench.distributed import from_env
 
+    lock = None
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     main_rank = from_env().is_main  # under torchrun only rank 0 prints and writes
@@ -131,6 +131,14 @@ def _train_task(cfg: DictConfig) -> float:
         progress.update(task, completed=step, metrics=_fmt(
             {k: v for k, v in shown.items() if k.startswith("train/")}))
 
+    if main_rank:  # one writer per run dir (a single run took it before Hydra wrote .hydra/)
+        try:
+            lock = locking.hold(run_dir, warn)
+        except UserError as e:  # the folder is another process's: touch nothing in it
+            report_error(e)
+            if multirun:
+                raise
+            sys.exit(e.exit_code)
     try:
         out = run.train(cfg, run_dir, say=progress.console.print, on_step=on_step, group=group)
     except UserError as e:
@@ -147,6 +155,8 @@ def _train_task(cfg: DictConfig) -> float:
     finally:
         if progress.live.is_started:
             progress.stop()
+        if main_rank and lock is not None:
+            lock.release()  # a sweep's next job may run in this process
     if not main_rank:
         _remove_if_bare(run_dir)  # Hydra made it; rank 0's run dir holds the run
         return float(out.get("best_val", float("nan")))
@@ -156,10 +166,14 @@ def _train_task(cfg: DictConfig) -> float:
     test = out.get("test")
     acc = cfg.data.kind == "classification"
     fmt = (lambda v: f"{v:.2%}") if acc else (lambda v: f"{v:.4f}")
+    tested = f"{fmt(test['mean'])} +- {fmt(test['ci95'])}" if test else "-"
     table.add_row(str(run_dir), str(cfg.train.iterations), f"{out['seconds']:.0f}s",
-                  fmt(out["best_val"]),
-                  f"{fmt(test['mean'])} +- {fmt(test['ci95'])}" if test else "-")
+                  fmt(out["best_val"]), tested)
     console.print(table)
+    test_part = (f"test {test['metric']} {tested} over {test['episodes']} episodes" if test
+                 else "not tested")
+    plain(f"result: {run.run_name(cfg)}: {test_part}; best val {fmt(out['best_val'])}; "
+          f"{cfg.train.iterations} iterations in {out['seconds']:.0f}s; run dir {run_dir}")
     return float(out["best_val"])
 
 
@@ -174,6 +188,9 @@ def train_cmd(args: list[str]) -> int:
 
     app = hydra.main(version_base="1.3", config_path="pkg://metabench.configs",
                      config_name="train")(_train_task)
+    from metabench.sweeps import SweepFailed, register_plugins
+
+    register_plugins()
     from metabench.distributed import from_env
 
     if not from_env().is_main:  # torchrun rank > 0: Hydra writes no .hydra/ or train.log
@@ -187,7 +204,7 @@ def train_cmd(args: list[str]) -> int:
     except SystemExit as e:
         # Hydra reports a config it cannot compose (unknown option or key, bad override
         # syntax) and exits 1 before our task starts: that is bad input, exit code 2
-        if e.code == 1 and not _task_started:
+        if e.code == 1 and not _task_started and not isinstance(e, SweepFailed):
             return 2
         raise
     finally:
@@ -252,8 +269,10 @@ def evaluate_cmd(args: list[str]) -> int:
         table.add_row("", "", "before adaptation", "", fmt(results["pre_adaptation_mean"]),
                       f"+- {fmt(results['pre_adaptation_ci95'])}")
     console.print(table)
-    console.print(f"results written to {checkpoint.parent / run.results_name(cfg, blob)}",
-                  highlight=False)
+    plain(f"result: {results['algo']} {results['data']} {setting}: {results['metric']} "
+          f"{fmt(results['mean'])} +- {fmt(results['ci95'])} over {results['episodes']} "
+          f"episodes; checkpoint {checkpoint}")
+    plain(f"results written to {checkpoint.parent / run.results_name(cfg, blob)}")
     return 0
 
 
@@ -274,15 +293,14 @@ def report_cmd(args: list[str]) -> int:
                         help="where the report files go (default: the first PATH)")
     ns = parser.parse_args(args)
     missing = [p for p in ns.paths if not Path(p).exists()]
-    runs = report.find_runs(ns.paths)
-    if not runs:
+    rows = report.collect(ns.paths)
+    if not rows:
         report_error(ConfigError(f"no such path: {', '.join(missing)}" if missing else
                                  f"no runs found under: {' '.join(ns.paths)} (a run directory "
                                  "holds config.yaml)"))
         return 2
     first = Path(ns.paths[0])
     out_dir = Path(ns.out) if ns.out else (first if first.is_dir() else first.parent)
-    rows = [report.read_run(r) for r in runs]
     groups = report.aggregate(rows)
     report.print_report(rows, groups, console=console)
     try:

@@ -25,3 +25,11 @@ class TrainingStopped(UserError):
 
 class Interrupted(TrainingStopped):
     exit_code = 130
+
+
+class StorageError(UserError):
+    """A file could not be written (disk full, read-only); the previous version is kept."""
+
+
+class RunDirBusy(UserError):
+    """Another live process holds the run directory's lock."""

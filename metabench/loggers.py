@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from metabench.files import storage_error
+
 
 class Logger(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
@@ -26,8 +28,11 @@ class JsonlLogger:
         self._f = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self._f.write(json.dumps({"step": step, **metrics}) + "\n")
-        self._f.flush()
+        try:
+            self._f.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._f.flush()
+        except OSError as e:
+            raise storage_error(self.path, e) from None
 
     def summary(self, values: dict[str, Any]) -> None:
         pass

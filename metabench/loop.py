@@ -30,20 +30,25 @@ class LoopSettings:
     grad_clip: float = 0.0
     precision: str = "fp32"
     world: World = SINGLE  # torchrun: each rank trains on its share of the meta-batch
+    # stop when a validation loss exceeds this many times the first one (None: no bound)
+    divergence_factor: float | None = 1e4
 
 
 def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None, train_sampler, val_sampler,
         settings: LoopSettings, generator: torch.Generator, logger: Logger,
-        save: Callable[[int, float, bool], None], start_step: int = 0,
-        best_val: float = -math.inf, on_step: Callable[[int, dict[str, float]], None] | None = None
-        ) -> dict[str, Any]:
+        save: Callable[[int, float, bool, float | None], None], start_step: int = 0,
+        best_val: float = -math.inf, on_step: Callable[[int, dict[str, float]], None] | None = None,
+        val_reference: float | None = None) -> dict[str, Any]:
     """Train from ``start_step`` to ``settings.iterations``; returns the best validation score.
 
-    ``save(step, best_val, is_best)`` writes checkpoints; the validation score is accuracy for
-    classification and minus the loss for regression, so higher is always better. Ctrl-C saves
-    the last finished step before stopping; a non-finite loss stops without saving. Under
-    torchrun only rank 0 validates (the others wait for it in the next all-reduce).
+    ``save(step, best_val, is_best, val_reference)`` writes checkpoints; the validation score is
+    accuracy for classification and minus the loss for regression, so higher is always better;
+    ``val_reference`` is the first validation loss, the divergence guard's yardstick (kept in
+    checkpoints for resume). Ctrl-C saves the last finished step before stopping; a non-finite
+    training loss, or a validation loss that is non-finite or past ``divergence_factor`` times
+    the first, stops without saving. Under torchrun only rank 0 validates (the others wait for
+    it in the next all-reduce).
     """
     world = settings.world
     learner.train()
@@ -89,19 +94,23 @@ def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
                 val = summarize(run_episodes(learner, val_sampler, settings.val_episodes,
                                              settings.eval_batch, settings.val_seed,
                                              settings.precision))
+                val_loss = val["loss"][0]
+                check_divergence(val_loss, val_reference, settings.divergence_factor, step)
+                if val_reference is None:
+                    val_reference = val_loss
                 point = {f"val/{k}": m for k, (m, _) in val.items()}
                 point.update({f"val/{k}_ci95": c for k, (_, c) in val.items()})
                 score = val["acc"][0] if "acc" in val else -val["loss"][0]
                 is_best = score > best_val
                 best_val = max(best_val, score)
                 point["val/best"] = best_val if "acc" in val else -best_val
-                save(step, best_val, is_best)  # first: a logged val point is always saved
+                save(step, best_val, is_best, val_reference)  # first: a logged point is saved
                 logger.log(point, step)
                 shown.update(point)
             if on_step:
                 on_step(step, shown)
     except KeyboardInterrupt:
-        save(done, best_val, False)
+        save(done, best_val, False, val_reference)
         raise Interrupted(f"interrupted after step {done}; checkpoints/last.pt holds it: resume "
                           "with train.resume=true and the same hydra.run.dir") from None
     return {"best_val": best_val}
@@ -111,3 +120,17 @@ def check_finite(values, step: int) -> None:
     if not all(math.isfinite(v) for v in values):
         raise TrainingStopped(f"training loss or weights became non-finite by step {step}; "
                               "stopped, the last good checkpoint is kept")
+
+
+def check_divergence(loss: float, reference: float | None, factor: float | None,
+                     step: int) -> None:
+    """A run whose validation loss is non-finite, or ``factor`` times its first one, diverged:
+    stop before its weights are saved, so ``last.pt`` and ``best.pt`` stay the last good ones."""
+    if not math.isfinite(loss):
+        raise TrainingStopped(f"validation loss became non-finite ({loss}) at step {step}; "
+                              "stopped, the last good checkpoint is kept")
+    if factor is not None and reference is not None and loss > factor * abs(reference):
+        raise TrainingStopped(
+            f"validation loss {loss:.4g} at step {step} is over {factor:g} x the first "
+            f"validation loss ({reference:.4g}): the run diverged; stopped, the last good "
+            "checkpoint is kept (train.divergence_factor sets the bound, null turns it off)")

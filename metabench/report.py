@@ -1,7 +1,9 @@
 """`metabench report`: find finished runs and sweeps on disk, read what each run wrote, group
 the seeds of one setting, and show or write the comparison (rich table, report.md, report.csv).
 
-Reading never fails on a partial run: an unreadable or half-written file counts as missing."""
+Reading never fails on a partial run: an unreadable or half-written file counts as missing.
+A sweep's planned jobs come from its own records (multirun.yaml, each job's .hydra/overrides.yaml),
+so a job that wrote nothing (killed at start) or never ran is listed too, with its status."""
 
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from metabench.locking import owner_alive, read_owner
+
 SKIP_DIRS = {".hydra", "wandb", ".submitit"}
 KEY = ("algo", "data", "backbone", "ways", "shots")
 COMPLETE = ("finished", "untested")  # training finished: aggregated by setting
 CSV_FIELDS = ("run", "status", "algo", "data", "backbone", "ways", "shots", "seed", "iterations",
-              "seconds", "metric", "best_val", "test_mean", "test_ci95", "episodes")
+              "seconds", "metric", "best_val", "test_mean", "test_ci95", "episodes", "error")
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -92,6 +96,7 @@ def read_run(path: str | Path) -> dict[str, Any]:
     algo, data = cfg.get("algo") or {}, cfg.get("data") or {}
     backbone, train = cfg.get("backbone") or {}, cfg.get("train") or {}
     summary = _load_json(path / "summary.json")
+    stopped = summary if summary is not None and summary.get("finished") is False else None
     if summary is not None and summary.get("finished") is not True:
         summary = None
     results = _load_json(path / "checkpoints" / "results.json")
@@ -110,7 +115,8 @@ def read_run(path: str | Path) -> dict[str, Any]:
     if summary is not None:
         status = "finished" if results is not None else "untested"
     else:
-        status = "unfinished" if has_metrics else "failed"
+        status = live_status(path) or (stopped or {}).get("status") or (
+            "unfinished" if has_metrics else "failed")
     best = _number(summary.get("best_val")) if summary else None
     if best is None and curve:
         values = [v for _, v in curve]
@@ -133,7 +139,101 @@ def read_run(path: str | Path) -> dict[str, Any]:
         "test_ci95": _number(results.get("ci95")) if results else None,
         "episodes": results.get("episodes") if results else None,
         "val_curve": curve,
+        "error": (stopped or {}).get("error"),
     }
+
+
+def live_status(run_dir: Path) -> str | None:
+    """From the run's lock record: ``running`` while its process lives, ``killed`` when the
+    process died holding it (SIGKILL, out of memory), None when no process holds it."""
+    owner = read_owner(run_dir)
+    if owner is None:
+        return None
+    return "killed" if owner_alive(owner) is False else "running"
+
+
+def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
+    """The jobs a grid sweep planned, expanded from its multirun.yaml as Hydra's basic sweeper
+    expands them (its ``params`` and the command line's overrides); None for other sweepers
+    (Optuna proposes its jobs as it goes) or when the file is missing."""
+    hydra = _load_yaml(sweep_dir / "multirun.yaml").get("hydra") or {}
+    sweeper = hydra.get("sweeper") or {}
+    if not str(sweeper.get("_target_", "")).endswith(("BasicSweeper", "MetabenchSweeper")):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    task = list((hydra.get("overrides") or {}).get("task") or [])
+    try:
+        parsed = OverridesParser.create().parse_overrides([*params, *task])
+        return [list(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
+    except Exception:  # an unreadable record: list what is on disk only
+        return None
+
+
+def missing_jobs(sweep_dir: Path, found: set[Path]) -> list[dict[str, Any]]:
+    """Rows for the planned jobs of ``sweep_dir`` that left no run folder with a config.yaml:
+    ``not started`` (no folder), or its lock's status, else ``failed`` (crashed at start)."""
+    jobs = planned_jobs(sweep_dir)
+    if not jobs:
+        return []
+    dirs = {}
+    for hydra_dir in sweep_dir.glob("*/.hydra"):
+        overrides = _load_yaml_list(hydra_dir / "overrides.yaml")
+        if overrides is not None:
+            dirs[tuple(overrides)] = hydra_dir.parent
+    master = _load_yaml(sweep_dir / "multirun.yaml")
+    given = set((master.get("hydra") or {}).get("overrides", {}).get("task") or [])
+    rows = []
+    for num, job in enumerate(jobs):
+        folder = dirs.get(tuple(job))
+        if folder is not None and folder in found:
+            continue
+        label = " ".join(o for o in job if o not in given)
+        status = "not started" if folder is None else live_status(folder) or "failed"
+        rows.append(_job_row(master, job, num, label, folder or sweep_dir, status))
+    return rows
+
+
+def _load_yaml_list(path: Path) -> list[str] | None:
+    try:
+        d = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return [str(x) for x in d] if isinstance(d, list) else None
+
+
+def _job_row(master: dict[str, Any], job: list[str], num: int, label: str, where: Path,
+             status: str) -> dict[str, Any]:
+    """A run row for a job known only from its overrides (its setting as far as they say)."""
+    data = master.get("data") or {}
+    setting = {"algo": (master.get("algo") or {}).get("name"), "data": data.get("name"),
+               "backbone": (master.get("backbone") or {}).get("name"), "ways": data.get("ways"),
+               "shots": data.get("shots"), "seed": master.get("seed")}
+    keys = {"algo": "algo", "data": "data", "backbone": "backbone", "data.ways": "ways",
+            "data.shots": "shots", "seed": "seed"}
+    for o in job:
+        key, _, value = o.partition("=")
+        if key in keys:
+            setting[keys[key]] = int(value) if value.isdigit() else value
+    run = f"{where} (job {num}{': ' + label if label else ''})"
+    return {"run": run, "status": status, **setting, "iterations": None, "seconds": None,
+            "metric": None, "best_val": None, "test_mean": None, "test_ci95": None,
+            "episodes": None, "val_curve": [], "error": None}
+
+
+def collect(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every run under ``paths`` as a row, and every planned job of each sweep found there that
+    left no run of its own."""
+    paths = [Path(p) for p in paths]
+    runs = find_runs(paths)
+    rows = [read_run(r) for r in runs]
+    sweeps = {m.parent for p in paths if p.is_dir() for m in p.rglob("multirun.yaml")
+              if not SKIP_DIRS & set(m.parts)}
+    for sweep_dir in sorted(sweeps, key=_natural):
+        rows += missing_jobs(sweep_dir, set(runs))
+    return rows
 
 
 def _mean(values: list[float]) -> float | None:
@@ -246,8 +346,9 @@ def write_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
           "CIs; sd: the sample standard deviation of the test means across seeds.", ""]
     if pending:
         md += ["## Unfinished or failed runs", "",
-               _md_table(("run", "status"), ([g["runs"][0]["run"], g["status"]]
-                                             for g in pending)), ""]
+               _md_table(("run", "status", "why"),
+                         ([g["runs"][0]["run"], g["status"], g["runs"][0].get("error") or ""]
+                          for g in pending)), ""]
     md += ["## All runs", "",
            _md_table(("run", "status", *KEY, "seed", "iterations", "time", "best val",
                       "test mean +- 95% CI"), map(_run_cells, rows)), ""]
@@ -278,6 +379,7 @@ def print_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
         console.print(f"{len(pending)} run(s) not finished:", highlight=False)
         for g in pending:
             r = g["runs"][0]
-            console.print(f"  {r['status']:10s} {r['run']}  (best val "
-                          f"{fmt_value(r['best_val'], r['metric'])})", highlight=False,
+            why = f": {r['error']}" if r.get("error") else ""
+            console.print(f"  {r['status']:11s} {r['run']}  (best val "
+                          f"{fmt_value(r['best_val'], r['metric'])}){why}", highlight=False,
                           soft_wrap=True)

@@ -1,8 +1,9 @@
-"""Builds the objects a config names, checks the config against the data before any work, and
-runs training or evaluation. The only place that turns config into objects."""
+"""Runs training or evaluation: validation (checks.py) and building (build.py) first, then the
+loop, checkpoints, loggers and results files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -16,166 +17,38 @@ try:  # optional: seeded and checkpointed for code that draws from it
 except ImportError:  # pragma: no cover
     np = None
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from metabench import distributed
 from metabench.algorithms.base import MetaLearner
+from metabench.build import (  # noqa: F401 (build, build_data: the API tests and scripts use)
+    build,
+    build_data,
+    build_learner,
+    build_optimizer,
+    channels_last,
+    episode_spec,
+    sampler,
+)
 from metabench.checkpoint import load_checkpoint, save_checkpoint
+from metabench.checks import check_static, validate  # noqa: F401 (check_static: API)
 from metabench.distributed import World
-from metabench.episodes import EpisodeSpec
-from metabench.errors import ConfigError, UserError
+from metabench.errors import ConfigError, Interrupted, UserError
 from metabench.evaluation import run_episodes, summarize
 from metabench.files import atomic_write, atomic_write_json
 from metabench.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
 from metabench.loop import LoopSettings, fit
-from metabench.precision import DTYPES
-
-TRAIN_KEYS = {"iterations", "meta_batch", "lr", "lr_decay_every", "lr_decay", "weight_decay",
-              "grad_clip", "log_every", "eval_every", "val_episodes", "resume",
-              "evaluate_at_end", "task_batching", "channels_last", "precision", "optimizer",
-              "lr_schedule", "compile"}
-OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("step", "linear")
-EVAL_KEYS = {"episodes", "batch", "seed", "val_seed"}
-POSITIVE = ["data.ways", "data.shots", "data.queries", "data.train_ways", "data.train_shots",
-            "data.train_queries", "train.iterations", "train.meta_batch", "train.log_every",
-            "train.eval_every", "train.val_episodes", "eval.episodes", "eval.batch"]
-
-
-def _node_kwargs(node: DictConfig) -> dict[str, Any]:
-    """A config node as instantiate() arguments; ``name`` labels the choice, it is no argument."""
-    d = OmegaConf.to_container(node, resolve=True)
-    d.pop("name", None)
-    return d
-
-
-def build(node: DictConfig, what: str, **kwargs: Any) -> Any:
-    """The one way objects are made from config: ``_target_`` plus the node's other keys."""
-    try:
-        return instantiate(_node_kwargs(node), **kwargs)
-    except InstantiationException as e:
-        cause = e.__cause__ if e.__cause__ is not None else e
-        if isinstance(cause, UserError):
-            raise cause from None
-        msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-        raise ConfigError(f"{what}: {msg}") from None
-
-
-def check_precision(cfg: DictConfig, device: torch.device) -> list[str]:
-    p = cfg.train.get("precision", "fp32")
-    if p not in DTYPES:
-        return [f"train.precision={p} is not one of: {', '.join(DTYPES)}"]
-    if p != "fp32" and device.type != "cuda":
-        return [f"train.precision={p} needs a CUDA device (device={cfg.device} runs on "
-                f"{device.type}); use train.precision=fp32"]
-    return []
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but no CUDA device is available; use device=cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name} is not one of: auto, cpu, cuda, cuda:N") from None
-
-
-def episode_spec(cfg: DictConfig, training: bool) -> EpisodeSpec:
-    p = "train_" if training else ""
-    d = cfg.data
-    return EpisodeSpec(int(d[f"{p}ways"]), int(d[f"{p}shots"]), int(d[f"{p}queries"]))
-
-
-def check_static(cfg: DictConfig) -> list[str]:
-    """Problems visible from the config alone: sizes, unknown keys, algorithm/data kinds."""
-    problems = []
-    for key in POSITIVE:
-        v = OmegaConf.select(cfg, key)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            problems.append(f"{key}={v} must be a positive integer")
-    for section, allowed in (("train", TRAIN_KEYS), ("eval", EVAL_KEYS)):
-        for k in sorted(set(cfg.get(section, {}).keys()) - allowed):
-            problems.append(f"{section}.{k} is not a known key "
-                            f"(known: {', '.join(sorted(allowed))})")
-    for key, allowed_values, default in (("optimizer", OPTIMIZERS, "adam"),
-                                         ("lr_schedule", LR_SCHEDULES, "step")):
-        v = cfg.train.get(key, default)
-        if v not in allowed_values:
-            problems.append(f"train.{key}={v} is not one of: {', '.join(allowed_values)}")
-    try:
-        cls = get_class(cfg.algo._target_)
-    except Exception:
-        return problems + [f"algo._target_={cfg.algo._target_} cannot be imported"]
-    kind = cfg.data.kind
-    if kind not in cls.kinds:
-        problems.append(f"algo={cfg.algo.name} does not handle {kind} data (data={cfg.data.name})")
-    if not cls.any_ways and kind == "classification" and cfg.data.ways != cfg.data.train_ways:
-        problems.append(f"algo={cfg.algo.name} has a fixed {cfg.data.train_ways}-way head: "
-                        f"data.ways={cfg.data.ways} must equal the training ways")
-    return problems
-
-
-def check_data(cfg: DictConfig, data: Any, splits: tuple[str, ...]) -> list[str]:
-    problems = []
-    for split in splits:
-        training = split == "train"
-        prefix = "data.train_" if training else "data."
-        problems += data.problems(split, episode_spec(cfg, training), prefix)
-    return list(dict.fromkeys(problems))
-
-
-def raise_problems(problems: list[str]) -> None:
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
-def build_data(cfg: DictConfig) -> Any:
-    return build(cfg.data.source, "data")
-
-
-def build_learner(cfg: DictConfig, data: Any) -> MetaLearner:
-    backbone = build(cfg.backbone, "backbone", input_shape=tuple(data.input_shape))
-    ways = int(cfg.data.train_ways) if data.kind == "classification" else 0
-    extra = {}
-    if getattr(get_class(cfg.algo._target_), "needs_train_classes", False):
-        extra["train_classes"] = int(data.classes("train"))  # e.g. the baseline's global head
-    return build(cfg.algo, "algo", backbone=backbone, kind=data.kind, ways=ways, **extra)
 
 
 def prepare(cfg: DictConfig, splits: tuple[str, ...], world: World = distributed.SINGLE
             ) -> tuple[Any, MetaLearner, torch.device]:
     """Validate, load data and build the learner; raises ConfigError/DataError before any work.
     Under torchrun each rank takes the CUDA device of its local rank."""
-    problems = check_static(cfg)
-    if world.distributed and cfg.train.meta_batch % world.size:
-        problems.append(f"train.meta_batch={cfg.train.meta_batch} must be a multiple of the "
-                        f"{world.size} processes torchrun started (each takes an equal share "
-                        "of the tasks)")
-    raise_problems(problems)
-    device = resolve_device(str(cfg.device))
-    if world.distributed and device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
-    raise_problems(check_precision(cfg, device))
-    data = build_data(cfg)
-    raise_problems(check_data(cfg, data, splits))
+    data, device = validate(cfg, splits, world)
     learner = build_learner(cfg, data).to(device)
     if channels_last(cfg, data):
         learner = learner.to(memory_format=torch.channels_last)
     return data, learner, device
-
-
-def channels_last(cfg: DictConfig, data: Any) -> bool:
-    """Whether images and conv weights use channels_last strides (train.channels_last)."""
-    return bool(cfg.train.get("channels_last", False)) and len(data.input_shape) == 3
-
-
-def sampler(cfg: DictConfig, data: Any, split: str, device: torch.device):
-    return data.sampler(split, episode_spec(cfg, split == "train"), device,
-                        channels_last=channels_last(cfg, data))
 
 
 def rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -248,27 +121,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     atomic_write(path, lambda f: f.write("".join(ln + "\n" for ln in keep).encode()))
 
 
-def build_optimizer(cfg: DictConfig, learner: MetaLearner
-                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The outer optimiser (``train.optimizer``: Adam, or plain SGD, with which Reptile's
-    surrogate loss gives exactly its interpolation step) and its rate schedule
-    (``train.lr_schedule``: ``step`` multiplies it by ``lr_decay`` every ``lr_decay_every``
-    iterations, constant when that is 0; ``linear`` anneals it to 0 at ``train.iterations``)."""
-    t = cfg.train
-    params = learner.parameters()
-    if t.get("optimizer", "adam") == "sgd":
-        optimizer = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.get("lr_schedule", "step") == "linear":
-        total = int(t.iterations)
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: max(0.0, 1.0 - step / total))
-    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t.lr_decay_every, gamma=t.lr_decay)
-                 if t.lr_decay_every > 0 else None)
-    return optimizer, scheduler
-
-
 def train(cfg: DictConfig, run_dir: Path, say: Callable[[str], None] = print,
           on_step: Callable[[int, dict[str, float]], None] | None = None,
           group: str | None = None) -> dict[str, Any]:
@@ -297,7 +149,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
     optimizer, scheduler = build_optimizer(cfg, learner)
     generator = torch.Generator().manual_seed(cfg.seed)
     ckpt_dir = run_dir / "checkpoints"
-    start, best, run_id = 0, -math.inf, None
+    start, best, run_id, reference = 0, -math.inf, None, None
     last = ckpt_dir / "last.pt"
     if t.resume and last.exists():
         blob = load_checkpoint(last)
@@ -307,40 +159,49 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
             scheduler.load_state_dict(blob["scheduler"])
         set_rng_state(blob["rng"], generator)
         start, best, run_id = blob["step"], blob["best_val"], blob.get("wandb_id")
+        reference = blob.get("val_reference")
         if world.is_main:
             _truncate_metrics(run_dir / "metrics.jsonl", start)
             say(f"resuming from {last} at step {start}")
     config = OmegaConf.to_container(cfg, resolve=True)
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        atomic_write(run_dir / "config.yaml",
+                     lambda f: f.write(OmegaConf.to_yaml(cfg, resolve=True).encode()))
         logger, run_id = make_logger(cfg, run_dir, say, append=start > 0, run_id=run_id,
                                      group=group)
     else:
         logger = MultiLogger()  # logs nothing: rank 0 logs the all-reduced metrics
 
-    def save(step: int, best_val: float, is_best: bool) -> None:
+    def save(step: int, best_val: float, is_best: bool, val_reference: float | None) -> None:
         if not world.is_main:
             return
         state = {"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler else None, "step": step,
                  "best_val": best_val, "rng": rng_state(generator), "config": config,
-                 "wandb_id": run_id}
+                 "wandb_id": run_id, "val_reference": val_reference}
         save_checkpoint(last, state)
         if is_best:
             save_checkpoint(ckpt_dir / "best.pt", state)
 
     settings = LoopSettings(t.iterations, t.meta_batch, t.log_every, t.eval_every,
                             t.val_episodes, cfg.eval.batch, cfg.eval.val_seed, t.grad_clip,
-                            t.get("precision", "fp32"), world)
+                            t.get("precision", "fp32"), world,
+                            t.get("divergence_factor", 1e4))
     train_sampler = sampler(cfg, data, "train", device)
     val_sampler = sampler(cfg, data, "val", device)
     started = time.perf_counter()
     try:
         # train.compile: torch.compile the learner; checkpoints still come from ``learner``
         model = torch.compile(learner) if t.get("compile", False) else learner
-        out = fit(model, optimizer, scheduler, train_sampler, val_sampler, settings, generator,
-                  logger, save, start_step=start, best_val=best, on_step=on_step)
+        try:
+            out = fit(model, optimizer, scheduler, train_sampler, val_sampler, settings,
+                      generator, logger, save, start_step=start, best_val=best,
+                      on_step=on_step, val_reference=reference)
+        except UserError as e:  # stopped (diverged, disk full, Ctrl-C): say so for the report
+            if world.is_main:
+                stopped_summary(run_dir, e)
+            raise
         out["seconds"] = time.perf_counter() - started
         if not world.is_main:
             return out
@@ -361,6 +222,14 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
     finally:
         logger.close()
     return out
+
+
+def stopped_summary(run_dir: Path, e: UserError) -> None:
+    """``summary.json`` of a run that stopped early: why, and whether it can resume."""
+    status = "interrupted" if isinstance(e, Interrupted) else "failed"
+    with contextlib.suppress(UserError):  # the disk that is full cannot take this either
+        atomic_write_json({"finished": False, "status": status, "error": str(e)},
+                          run_dir / "summary.json")
 
 
 def results_name(cfg: DictConfig, blob: dict[str, Any]) -> str:

@@ -1,4 +1,8 @@
-"""Shared learning check: test accuracy on synthetic data before and after a short training."""
+"""Shared learning checks: test accuracy on synthetic data before and after a short training
+(and MAML's sinusoid MSE before and after adaptation). The configs live in one table, CASES,
+that the tests and scripts/learning_spread.py (which measures their spread over seeds) share.
+Every case takes a ``seed=N`` override: it seeds the init and the training episodes; the test
+episodes stay fixed by eval.seed."""
 
 from __future__ import annotations
 
@@ -10,8 +14,49 @@ from metabench.evaluation import run_episodes, summarize
 FAST = ["data=synthetic", "logger=none", "data.source.image_size=16", "data.source.noise=0.9",
         "train.eval_every=1000", "train.val_episodes=50", "eval.episodes=100", "eval.batch=50"]
 
+# name -> the overrides its test passes to train_and_compare (after FAST)
+CASES: dict[str, list[str]] = {
+    "maml": ["algo=maml", "train.meta_batch=4", "train.iterations=100"],
+    "matching_fce_false": ["algo=matching", "algo.fce=false", "algo.fce_steps=2",
+                           "train.meta_batch=2", "train.iterations=80"],
+    "matching_fce_true": ["algo=matching", "algo.fce=true", "algo.fce_steps=2",
+                          "train.meta_batch=2", "train.iterations=80"],
+    "protonet": ["algo=protonet", "train.meta_batch=2", "train.iterations=80"],
+    "relation": ["algo=relation", "backbone.pool=2", "train.meta_batch=2",
+                 "train.iterations=160"],
+    "baseline": ["algo=baseline", "data.train_ways=32", "data.train_shots=1",
+                 "data.train_queries=1", "train.iterations=80"],
+    "baselinepp": ["algo=baselinepp", "data.train_ways=32", "data.train_shots=1",
+                   "data.train_queries=1", "train.iterations=80"],
+    "metasgd": ["algo=metasgd", "train.meta_batch=4", "train.iterations=100"],
+    "anil": ["algo=anil", "train.meta_batch=4", "train.iterations=300", "train.lr=0.003",
+             "algo.eval_inner_steps=10"],
+    # short-horizon settings (paper: inner Adam 1e-3, 100k iterations); 2 SGD steps at test,
+    # where fine-tuning the untrained net stays near chance (0.2); transductive scoring for
+    # speed (the non-transductive protocol is tested in test_gradient_family.py)
+    "reptile": ["algo=reptile", "train.iterations=120", "train.lr=0.5", "train.meta_batch=5",
+                "algo.inner_optimizer=sgd", "algo.inner_lr=0.1", "algo.inner_steps=3",
+                "algo.eval_inner_steps=2", "algo.inner_batch=0", "algo.eval_inner_batch=0",
+                "algo.transductive=true"],
+    # a small SNAIL on an MLP embedding, to fit the time budget: SNAIL first sits on a plateau
+    # (attention still uniform), then learns fast; with 16 filters and a 32-unit embedding the
+    # plateau's length varied so much between seeds that some had not left it by the end
+    "snail": ["algo=snail", "algo.filters=32", "algo.attention=[[32,16],[32,16],[32,16]]",
+              "backbone=mlp", "backbone.hidden=[64]", "data.source.noise=0.35",
+              "data.train_queries=1", "train.meta_batch=16", "train.iterations=400",
+              "train.lr=0.003"],
+}
+
+# name -> the overrides its test passes to adapt_mse (regression: no FAST)
+MSE_CASES: dict[str, list[str]] = {
+    "maml_sinusoid": ["experiment=maml_sinusoid", "logger=none", "train.iterations=600",
+                      "train.meta_batch=10", "train.lr=0.003", "train.eval_every=1000",
+                      "eval.episodes=200", "train.val_episodes=50"],
+}
+
 
 def train_and_compare(cfg_factory, tmp_path, *overrides: str) -> tuple[float, float]:
+    """(before, after): test accuracy of the init training starts from, and after training."""
     cfg = cfg_factory(*FAST, *overrides)
     torch.manual_seed(cfg.seed)  # as run.train does: "before" is the init training starts from
     data, learner, device = run.prepare(cfg, ("test",))
@@ -20,3 +65,11 @@ def train_and_compare(cfg_factory, tmp_path, *overrides: str) -> tuple[float, fl
                                     cfg.eval.seed))["acc"][0]
     out = run.train(cfg, tmp_path, say=lambda *_: None)
     return before, out["test"]["mean"]
+
+
+def adapt_mse(cfg_factory, tmp_path, *overrides: str) -> tuple[float, float]:
+    """(pre, post): test MSE of the trained model before and after its test-time adaptation."""
+    out = run.train(cfg_factory(*overrides), tmp_path, say=lambda *_: None)
+    test = out["test"]
+    assert test["metric"] == "mse", test
+    return test["pre_adaptation_mean"], test["mean"]

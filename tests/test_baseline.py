@@ -130,10 +130,12 @@ def test_build_passes_train_classes_and_validates(cfg_factory):
 
 @pytest.mark.parametrize("algo", ["baseline", "baselinepp"])
 def test_baseline_learns_synthetic(tmp_path, cfg_factory, algo):
-    from learning import train_and_compare
+    from learning import CASES, train_and_compare
 
-    before, after = train_and_compare(cfg_factory, tmp_path, f"algo={algo}",
-                                      "data.train_ways=32", "data.train_shots=1",
-                                      "data.train_queries=1", "train.iterations=80")
-    assert after >= 0.85, (before, after)
-    assert after >= before + 0.25, (before, after)
+    before, after = train_and_compare(cfg_factory, tmp_path, *CASES[algo])
+    # 6 seeds (0-5) on AVX2 kernels, scripts/learning_spread.py: baseline after 0.922 +- 0.007
+    # (min 0.912), gap 0.519 +- 0.023 (min 0.492); baseline++ after 0.903 +- 0.006 (min 0.892),
+    # gap 0.512 +- 0.018 (min 0.489). Bounds: min(mean - 4 sd, min - 0.05) of the lower one,
+    # rounded down (chance 0.2)
+    assert after >= 0.8, (before, after)
+    assert after >= before + 0.4, (before, after)

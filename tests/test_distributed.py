@@ -48,18 +48,27 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path):
     cfg = OmegaConf.create(a["config"])
     torch.manual_seed(cfg.seed)  # as run.train does: the weights both runs started from
     init = run.build_learner(cfg, run.build_data(cfg)).state_dict()
+    # Two ranks sum the meta-gradient in another order than one process (each rank its half,
+    # then an all-reduce), so the float32 results differ by rounding only. float32's eps is
+    # 1.2e-7 relative to the magnitude of what is summed; here the reductions (second-order
+    # MAML over conv maps, 4 steps) lose about sqrt(n) eps to n eps of it, n ~ 1e2-1e3. Measured
+    # worst |a - b| / max|a|: 5.3e-6 (AVX2 and default kernels), 2.0e-5 on an AVX-512 machine;
+    # the bound 1e-4 keeps 5x over the worst; the "did not train" check below gives it teeth.
     for k, v in a["model"].items():
         scale = v.abs().max().clamp_min(1e-3)
-        assert (v - b["model"][k]).abs().max() / scale < 1e-5, k
+        assert (v - b["model"][k]).abs().max() / scale < 1e-4, k
         if v.is_floating_point() and v.numel() > 1:
             assert not torch.equal(v, init[k]), f"{k} did not train"  # the check has teeth
     # train metrics are all-reduced over both ranks' tasks: the same as the one process's
     ma, mb = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert [p["step"] for p in ma] == [p["step"] for p in mb]
+    # the same rounding (loss: a mean, rel 1e-4 as above); an accuracy may flip a prediction
+    # or two of the hundreds behind it (abs 0.01)
     for pa, pb in zip(ma, mb, strict=True):
-        for k in ("train/loss", "train/acc", "val/acc"):
+        for k, tol in (("train/loss", {"rel": 1e-4}), ("train/acc", {"abs": 0.01}),
+                       ("val/acc", {"abs": 0.01})):
             if k in pa:
-                assert pb[k] == pytest.approx(pa[k], rel=1e-5, abs=1e-6), (k, pa, pb)
+                assert pb[k] == pytest.approx(pa[k], **tol), (k, pa, pb)
     # rank 1 wrote nothing anywhere: the working dir holds the two run dirs only
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
     assert two.stdout.count("metabench train: maml-synthetic") == 1  # rank 0's table only

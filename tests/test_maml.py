@@ -103,21 +103,20 @@ def test_evaluation_adapts_with_eval_steps_and_reports_pre_adaptation():
 
 
 def test_maml_learns_synthetic(tmp_path, cfg_factory):
-    from learning import train_and_compare
+    from learning import CASES, train_and_compare
 
-    before, after = train_and_compare(cfg_factory, tmp_path, "algo=maml", "train.meta_batch=4",
-                                      "train.iterations=100")
-    assert after >= 0.8, (before, after)
-    assert after >= before + 0.3, (before, after)
+    before, after = train_and_compare(cfg_factory, tmp_path, *CASES["maml"])
+    # 6 seeds (0-5) on AVX2 kernels, scripts/learning_spread.py: after 0.802 +- 0.032 (min 0.744),
+    # gap 0.586 +- 0.024 (min 0.540); on default kernels after 0.789 +- 0.010 (min 0.776); an
+    # AVX-512 machine gave 0.782 for seed 0. Bounds: min(mean - 4 sd, min - 0.05), rounded down
+    assert after >= 0.65, (before, after)  # chance 0.2
+    assert after >= before + 0.45, (before, after)
 
 
 def test_maml_sinusoid_adapts(tmp_path, cfg_factory):
-    from metabench import run
+    from learning import MSE_CASES, adapt_mse
 
-    cfg = cfg_factory("experiment=maml_sinusoid", "logger=none", "train.iterations=600",
-                      "train.meta_batch=10", "train.lr=0.003", "train.eval_every=1000",
-                      "eval.episodes=200", "train.val_episodes=50")
-    out = run.train(cfg, tmp_path, say=lambda *_: None)
-    test = out["test"]
-    assert test["metric"] == "mse"
-    assert test["mean"] < 0.5 * test["pre_adaptation_mean"], test
+    pre, post = adapt_mse(cfg_factory, tmp_path, *MSE_CASES["maml_sinusoid"])
+    # 6 seeds (0-5) on AVX2 kernels, scripts/learning_spread.py: post / pre 0.240 +- 0.034 (max
+    # 0.292); mean + 4 sd = 0.374, so 0.5 keeps a margin
+    assert post < 0.5 * pre, (pre, post)

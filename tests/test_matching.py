@@ -111,13 +111,14 @@ def test_bad_arguments_name_the_key(bad):
 
 @pytest.mark.parametrize("fce", ["false", "true"])
 def test_matching_learns_synthetic(tmp_path, cfg_factory, fce):
-    from learning import train_and_compare
+    from learning import CASES, train_and_compare
 
-    before, after = train_and_compare(cfg_factory, tmp_path, "algo=matching",
-                                      f"algo.fce={fce}", "algo.fce_steps=2",
-                                      "train.meta_batch=2", "train.iterations=80")
-    assert after >= 0.6, (before, after)
-    assert after >= before + 0.2, (before, after)
+    before, after = train_and_compare(cfg_factory, tmp_path, *CASES[f"matching_fce_{fce}"])
+    # 6 seeds (0-5) on AVX2 kernels, scripts/learning_spread.py: fce=false after 0.916 +- 0.005 (min
+    # 0.909), gap 0.515 +- 0.028 (min 0.479); fce=true after 0.897 +- 0.013 (min 0.876), gap
+    # 0.519 +- 0.037 (min 0.462). Bounds: min(mean - 4 sd, min - 0.05) of the lower, rounded down
+    assert after >= 0.8, (before, after)
+    assert after >= before + 0.35, (before, after)
 
 
 def test_probabilities_match_softmax_grouped_by_class():

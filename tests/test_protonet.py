@@ -30,9 +30,10 @@ def test_logits_are_negative_squared_distances():
 
 
 def test_protonet_learns_synthetic(tmp_path, cfg_factory):
-    from learning import train_and_compare
+    from learning import CASES, train_and_compare
 
-    before, after = train_and_compare(cfg_factory, tmp_path, "algo=protonet",
-                                      "train.meta_batch=2", "train.iterations=80")
+    before, after = train_and_compare(cfg_factory, tmp_path, *CASES["protonet"])
+    # 6 seeds (0-5) on AVX2 kernels, scripts/learning_spread.py: after 0.908 +- 0.004 (min 0.902),
+    # gap 0.518 +- 0.029 (min 0.482). Bounds: min(mean - 4 sd, min - 0.05), rounded down
     assert after >= 0.85, (before, after)
-    assert after >= before + 0.25, (before, after)
+    assert after >= before + 0.4, (before, after)

@@ -131,13 +131,14 @@ def test_conv4_pool_option():
 
 
 def test_relation_learns_synthetic(tmp_path, cfg_factory):
-    from learning import train_and_compare
+    from learning import CASES, train_and_compare
 
-    before, after = train_and_compare(cfg_factory, tmp_path, "algo=relation",
-                                      "backbone.pool=2", "train.meta_batch=2",
-                                      "train.iterations=80")
-    assert after >= 0.7, (before, after)
-    assert after >= before + 0.25, (before, after)
+    before, after = train_and_compare(cfg_factory, tmp_path, *CASES["relation"])
+    # 6 seeds (0-5) on AVX2 kernels, scripts/learning_spread.py: after 0.965 +- 0.005 (min 0.959),
+    # gap 0.766 +- 0.005 (min 0.760) with 160 iterations (at 80 one seed in six had not left
+    # the start: 0.368). Bounds: min(mean - 4 sd, min - 0.05), rounded down (chance 0.2)
+    assert after >= 0.9, (before, after)
+    assert after >= before + 0.65, (before, after)
 
 
 @pytest.mark.parametrize("name", ["relation_omniglot_5w1s", "relation_omniglot_5w5s",
