@@ -11,6 +11,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from metabench.backbones.norms import NORMS
 from metabench.build import build_data, build_learner, episode_spec, resolve_device
 from metabench.distributed import SINGLE, World
 from metabench.errors import ConfigError, UserError
@@ -112,6 +113,10 @@ def check_static(cfg: DictConfig) -> list[str]:
         cls = get_class(cfg.algo._target_)
     except Exception:
         return problems + [f"algo._target_={cfg.algo._target_} cannot be imported"]
+    norm = cfg.backbone.get("norm", "none")
+    if norm in NORMS and norm not in cls.norms:
+        problems.append(f"algo={cfg.algo.name} does not support backbone.norm={norm} "
+                        f"(supported: {', '.join(cls.norms)})")
     kind = cfg.data.kind
     if kind not in cls.kinds:
         problems.append(f"algo={cfg.algo.name} does not handle {kind} data (data={cfg.data.name})")
@@ -160,6 +165,26 @@ def validate(cfg: DictConfig, splits: tuple[str, ...], world: World = SINGLE,
     return data, device
 
 
+def check_support_floor(cfg: DictConfig, learner: Any, data: Any,
+                        splits: tuple[str, ...]) -> list[str]:
+    """``norm=support``: every norm layer sees enough support values at the run's support
+    sizes (a forward of zeros, so the refusal comes before any work)."""
+    if learner.norm != "support" or len(data.input_shape) != 3:
+        return []
+    problems = []
+    device = next(learner.parameters()).device
+    for split in splits:
+        spec = episode_spec(cfg, split == "train")
+        try:
+            with torch.no_grad():
+                learner.backbone(torch.zeros(spec.ways * spec.shots, *data.input_shape,
+                                             device=device))
+        except ValueError as e:
+            problems.append(f"{str(e).splitlines()[0]} ({split} episodes: {spec.ways}-way "
+                            f"{spec.shots}-shot)")
+    return list(dict.fromkeys(problems))
+
+
 def job_problems(cfg: DictConfig, splits: tuple[str, ...],
                  datasets: dict[str, Any] | None = None) -> list[str]:
     """What a run of ``cfg`` would refuse to start with, as lines (none: it would start). The
@@ -167,7 +192,8 @@ def job_problems(cfg: DictConfig, splits: tuple[str, ...],
     try:
         data, _ = validate(cfg, splits, datasets=datasets)
         with torch.random.fork_rng(devices=[]):
-            build_learner(cfg, data)
+            learner = build_learner(cfg, data)
+        raise_problems(check_support_floor(cfg, learner, data, splits))
     except UserError as e:
         return str(e).splitlines() or [type(e).__name__]
     return []

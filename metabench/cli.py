@@ -24,13 +24,35 @@ from rich.table import Table
 
 from metabench.console import console, err_console, report_error, warn
 from metabench.errors import ConfigError, UserError
+from metabench.report import protocol_label
 
 GROUPS = ("algo", "data", "backbone", "logger", "experiment", "search")
 
 
 def group_options(group: str) -> list[str]:
+    """A config group's options; nested groups (experiment/paper/...) as ``sub/name``."""
     folder = resources.files("metabench.configs") / group
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    out = []
+    for p in folder.iterdir():
+        if p.name.endswith(".yaml"):
+            out.append(p.name[:-5])
+        elif p.is_dir():
+            out += [f"{p.name}/{q.name[:-5]}" for q in p.iterdir() if q.name.endswith(".yaml")]
+    return sorted(out)
+
+
+def experiment_summary() -> list[str]:
+    """The presets as help lines: quick/ by name, paper/ as one pattern per algorithm."""
+    options = group_options("experiment")
+    quick = [o for o in options if o.startswith("quick/")]
+    paper = [o.removeprefix("paper/") for o in options if o.startswith("paper/")]
+    grid = sorted({o.split("_omniglot_")[0] for o in paper if "_omniglot_" in o})
+    other = [o for o in paper if "_omniglot_" not in o]
+    return [f"  experiment: {', '.join(quick)}",
+            f"              paper/<algo>_omniglot_<5|20>w<1|5>s for {', '.join(grid)}; "
+            + ", ".join(f"paper/{o}" for o in other),
+            "              (flat names such as quick_protonet_omniglot are aliases kept for "
+            "one release)"]
 
 
 HELP = """usage: metabench <command> [key=value ...]
@@ -42,7 +64,8 @@ commands:
 
 examples:
   metabench train algo=maml data=omniglot data.ways=5 data.shots=1
-  metabench train experiment=quick_protonet_omniglot data.root=../shared/data/omniglot
+  metabench train experiment=quick/protonet_omniglot data.root=../shared/data/omniglot
+  metabench train algo=maml data=sinusoid             (per-pair defaults: MAML's sinusoid setting)
   metabench train -m algo=maml,protonet data.ways=5,20 data.shots=1,5
   metabench train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 data.shots=1,5
   torchrun --nproc_per_node=2 -m metabench train algo=maml train.meta_batch=32
@@ -56,7 +79,10 @@ config groups (choose with group=option):"""
 def print_help() -> None:
     print(HELP)
     for g in GROUPS:
-        print(f"  {g + ':':12s}{', '.join(group_options(g))}")
+        if g == "experiment":
+            print("\n".join(experiment_summary()))
+        else:
+            print(f"  {g + ':':12s}{', '.join(group_options(g))}")
     print("  hydra/launcher: joblib, submitit_local, slurm (with -m; pip install "
           "'metabench[sweeps]')")
 
@@ -186,6 +212,9 @@ def _stop_on_sigterm(signum, frame) -> None:
 def train_cmd(args: list[str]) -> int:
     import hydra
 
+    global _task_started
+    _task_started = False  # (main() may be called more than once in one process)
+
     app = hydra.main(version_base="1.3", config_path="pkg://metabench.configs",
                      config_name="train")(_train_task)
     from metabench.sweeps import SweepFailed, register_plugins
@@ -259,19 +288,20 @@ def evaluate_cmd(args: list[str]) -> int:
     acc = results["metric"] == "accuracy"
     fmt = (lambda v: f"{100 * v:.2f}%") if acc else (lambda v: f"{v:.4f}")
     table = Table(title=f"metabench evaluate: {checkpoint}")
-    for col in ("algo", "data", "setting", "episodes", results["metric"], "95% CI"):
+    for col in ("algo", "data", "setting", "protocol", "episodes", results["metric"], "95% CI"):
         table.add_column(col)
     setting = (f"{results['ways']}-way {results['shots']}-shot" if acc
                else f"{results['shots']}-shot")
-    table.add_row(results["algo"], results["data"], setting, str(results["episodes"]),
+    proto = protocol_label(results)
+    table.add_row(results["algo"], results["data"], setting, proto, str(results["episodes"]),
                   fmt(results["mean"]), f"+- {fmt(results['ci95'])}")
     if "pre_adaptation_mean" in results:
-        table.add_row("", "", "before adaptation", "", fmt(results["pre_adaptation_mean"]),
+        table.add_row("", "", "before adaptation", "", "", fmt(results["pre_adaptation_mean"]),
                       f"+- {fmt(results['pre_adaptation_ci95'])}")
     console.print(table)
     plain(f"result: {results['algo']} {results['data']} {setting}: {results['metric']} "
           f"{fmt(results['mean'])} +- {fmt(results['ci95'])} over {results['episodes']} "
-          f"episodes; checkpoint {checkpoint}")
+          f"episodes, {proto}; checkpoint {checkpoint}")
     plain(f"results written to {checkpoint.parent / run.results_name(cfg, blob)}")
     return 0
 

@@ -7,7 +7,6 @@ so a job that wrote nothing (killed at start) or never ran is listed too, with i
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -17,16 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
-from rich.table import Table
 
 from metabench.locking import owner_alive, read_owner
 
 SKIP_DIRS = {".hydra", "wandb", ".submitit"}
-KEY = ("algo", "data", "backbone", "ways", "shots")
+KEY = ("algo", "data", "backbone", "ways", "shots", "protocol")
 COMPLETE = ("finished", "untested")  # training finished: aggregated by setting
 CSV_FIELDS = ("run", "status", "algo", "data", "backbone", "ways", "shots", "seed", "iterations",
-              "seconds", "metric", "best_val", "test_mean", "test_ci95", "episodes", "error")
+              "seconds", "metric", "best_val", "test_mean", "test_ci95", "episodes", "protocol",
+              "transductive", "norm", "test_seed", "error")
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
@@ -89,6 +87,15 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return points
 
 
+def protocol_label(results: dict[str, Any]) -> str:
+    """``transductive (norm=batch)`` / ``non-transductive (norm=running)``; ``-`` for a result
+    written before the protocol was recorded."""
+    if not isinstance(results.get("transductive"), bool):
+        return "-"
+    kind = "transductive" if results["transductive"] else "non-transductive"
+    return f"{kind} (norm={results.get('norm', '?')})"
+
+
 def read_run(path: str | Path) -> dict[str, Any]:
     """One run directory as a flat row: setting, status, time, best val, test result, val curve."""
     path = Path(path)
@@ -138,6 +145,10 @@ def read_run(path: str | Path) -> dict[str, Any]:
         "test_mean": _number(results.get("mean")) if results else None,
         "test_ci95": _number(results.get("ci95")) if results else None,
         "episodes": results.get("episodes") if results else None,
+        "protocol": protocol_label(results) if results else "-",
+        "transductive": results.get("transductive") if results else None,
+        "norm": results.get("norm") if results else None,
+        "test_seed": results.get("test_seed") if results else None,
         "val_curve": curve,
         "error": (stopped or {}).get("error"),
     }
@@ -220,7 +231,8 @@ def _job_row(master: dict[str, Any], job: list[str], num: int, label: str, where
     run = f"{where} (job {num}{': ' + label if label else ''})"
     return {"run": run, "status": status, **setting, "iterations": None, "seconds": None,
             "metric": None, "best_val": None, "test_mean": None, "test_ci95": None,
-            "episodes": None, "val_curve": [], "error": None}
+            "episodes": None, "protocol": "-", "transductive": None, "norm": None,
+            "test_seed": None, "val_curve": [], "error": None}
 
 
 def collect(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -272,114 +284,16 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         })
     for r in rows:
         if r["status"] not in COMPLETE:
-            out.append({**{k: r[k] for k in KEY}, "status": r["status"], "metric": r["metric"],
+            out.append({**{k: r.get(k) for k in KEY}, "status": r["status"], "metric": r["metric"],
                         "seeds": 1, "tested": 0, "iterations": [r["iterations"]],
                         "seconds": r["seconds"], "best_val": r["best_val"], "test_mean": None,
                         "test_std": None, "test_ci95": None, "runs": [r]})
     return out
 
 
-def fmt_value(v: float | None, metric: str | None) -> str:
-    """Accuracy as a percent with 2 decimals, MSE (or unknown) with 4; ``-`` when missing."""
-    if v is None:
-        return "-"
-    return f"{100 * v:.2f}%" if metric == "accuracy" else f"{v:.4f}"
-
-
-def _test_cell(g: dict[str, Any]) -> str:
-    if g["test_mean"] is None:
-        return "-"
-    return f"{fmt_value(g['test_mean'], g['metric'])} +- {fmt_value(g['test_ci95'], g['metric'])}"
-
-
-def _iters(g: dict[str, Any]) -> str:
-    return ",".join("-" if i is None else str(i) for i in g["iterations"])
-
-
-def _secs(v: float | None) -> str:
-    return "-" if v is None else f"{v:.0f}s"
-
-
-def _s(v: Any) -> str:
-    return "-" if v is None else str(v)
-
-
-GROUP_COLUMNS = ("algo", "data", "backbone", "ways", "shots", "seeds", "iterations", "time",
-                 "best val", "test mean +- 95% CI")
-
-
-def _group_cells(g: dict[str, Any]) -> list[str]:
-    return [*(_s(g[k]) for k in KEY), str(g["seeds"]), _iters(g), _secs(g["seconds"]),
-            fmt_value(g["best_val"], g["metric"]), _test_cell(g)]
-
-
-def _run_cells(r: dict[str, Any]) -> list[str]:
-    m = r["metric"]
-    test = ("-" if r["test_mean"] is None
-            else f"{fmt_value(r['test_mean'], m)} +- {fmt_value(r['test_ci95'], m)}")
-    return [r["run"], r["status"], *(_s(r[k]) for k in KEY), _s(r["seed"]),
-            _s(r["iterations"]), _secs(r["seconds"]), fmt_value(r["best_val"], m), test]
-
-
-def _md_table(header: Iterable[str], lines: Iterable[list[str]]) -> str:
-    header = list(header)
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |" for cells in lines]
-    return "\n".join(out)
-
-
-def write_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
-                 out_dir: str | Path) -> list[Path]:
-    """Write ``report.md`` (settings table, then every run with its status) and ``report.csv``
-    (one line per run, raw numbers) under ``out_dir``; return their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    complete = [g for g in groups if g["status"] in COMPLETE]
-    pending = [g for g in groups if g["status"] not in COMPLETE]
-    md = ["# metabench report", "",
-          f"{len(rows)} runs: {len(complete)} settings with finished training, "
-          f"{len(pending)} runs unfinished or failed.", "", "## Settings", "",
-          _md_table((*GROUP_COLUMNS, "test sd across seeds"),
-                    ([*_group_cells(g), fmt_value(g["test_std"], g["metric"])]
-                     for g in complete)), "",
-          "Test mean: the mean over seeds of each run's test mean; 95% CI: the mean of their "
-          "CIs; sd: the sample standard deviation of the test means across seeds.", ""]
-    if pending:
-        md += ["## Unfinished or failed runs", "",
-               _md_table(("run", "status", "why"),
-                         ([g["runs"][0]["run"], g["status"], g["runs"][0].get("error") or ""]
-                          for g in pending)), ""]
-    md += ["## All runs", "",
-           _md_table(("run", "status", *KEY, "seed", "iterations", "time", "best val",
-                      "test mean +- 95% CI"), map(_run_cells, rows)), ""]
-    md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
-    md_path.write_text("\n".join(md))
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS}
-                         for r in rows)
-    return [md_path, csv_path]
-
-
-def print_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
-                 console: Console | None = None, title: str = "metabench report") -> None:
-    """A rich table of the settings, then the unfinished/failed runs with their status."""
-    console = console or Console()
-    table = Table(title=title, pad_edge=False,
-                  caption="test: mean over seeds, +- mean 95% CI; seed sd in report.md")
-    for col in GROUP_COLUMNS:
-        table.add_column(col, justify="right" if col in ("ways", "shots", "seeds") else "left")
-    for g in groups:
-        if g["status"] in COMPLETE:
-            table.add_row(*_group_cells(g))
-    console.print(table)
-    pending = [g for g in groups if g["status"] not in COMPLETE]
-    if pending:
-        console.print(f"{len(pending)} run(s) not finished:", highlight=False)
-        for g in pending:
-            r = g["runs"][0]
-            why = f": {r['error']}" if r.get("error") else ""
-            console.print(f"  {r['status']:11s} {r['run']}  (best val "
-                          f"{fmt_value(r['best_val'], r['metric'])}){why}", highlight=False,
-                          soft_wrap=True)
+from metabench.report_tables import (  # noqa: E402, F401  (the rendering half; callers import it from here)
+    fmt_value,
+    print_report,
+    protocol_warning,
+    write_report,
+)

@@ -31,7 +31,12 @@ from metabench.build import (  # noqa: F401 (build, build_data: the API tests an
     sampler,
 )
 from metabench.checkpoint import load_checkpoint, save_checkpoint
-from metabench.checks import check_static, validate  # noqa: F401 (check_static: API)
+from metabench.checks import (  # noqa: F401 (check_static: API)
+    check_static,
+    check_support_floor,
+    raise_problems,
+    validate,
+)
 from metabench.distributed import World
 from metabench.errors import ConfigError, Interrupted, UserError
 from metabench.evaluation import run_episodes, summarize
@@ -46,6 +51,7 @@ def prepare(cfg: DictConfig, splits: tuple[str, ...], world: World = distributed
     Under torchrun each rank takes the CUDA device of its local rank."""
     data, device = validate(cfg, splits, world)
     learner = build_learner(cfg, data).to(device)
+    raise_problems(check_support_floor(cfg, learner, data, splits))
     if channels_last(cfg, data):
         learner = learner.to(memory_format=torch.channels_last)
     return data, learner, device
@@ -218,7 +224,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
                                           ckpt_dir / "best.pt")
             metric = out["test"]["metric"]
             logger.summary({f"test/{metric}": out["test"]["mean"],
-                            f"test/{metric}_ci95": out["test"]["ci95"]})
+                            f"test/{metric}_ci95": out["test"]["ci95"],
+                            **{f"protocol/{k}": v for k, v in protocol(cfg, learner).items()}})
     finally:
         logger.close()
     return out
@@ -243,6 +250,17 @@ def results_name(cfg: DictConfig, blob: dict[str, Any]) -> str:
     return f"results_{spec.ways}w{spec.shots}s.json"
 
 
+def protocol(cfg: DictConfig, learner: MetaLearner) -> dict[str, Any]:
+    """How a test number was measured, recorded with it: whether a query's prediction may
+    depend on the other queries (``transductive``), the norm mode, the data split, the episode
+    sizes and count, and the seed that fixes the test episodes."""
+    spec = episode_spec(cfg, False)
+    return {"transductive": bool(learner.transductive()), "norm": learner.norm,
+            "split": str(cfg.data.get("split", "default")), "ways": spec.ways,
+            "shots": spec.shots, "queries": spec.queries, "episodes": int(cfg.eval.episodes),
+            "test_seed": int(cfg.eval.seed)}
+
+
 def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: torch.device,
                     blob: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     """Test ``blob``'s weights on ``eval.episodes`` seeded test episodes; write the result
@@ -260,6 +278,7 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
         "ways": spec.ways, "shots": spec.shots, "queries": spec.queries,
         "algo": cfg.algo.name, "data": cfg.data.name, "backbone": cfg.backbone.name,
         "seed": int(cfg.seed), "step": int(blob["step"]), "checkpoint": str(checkpoint),
+        **protocol(cfg, learner),
     }
     pre = f"pre_{key}"
     if pre in summary:  # e.g. MAML: the same episodes before adaptation
@@ -282,6 +301,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any],
                           None, "evaluate", say)
         wb.summary({f"test/{results['metric']}": results["mean"],
                     f"test/{results['metric']}_ci95": results["ci95"],
-                    "test/episodes": results["episodes"]})
+                    "test/episodes": results["episodes"],
+                    **{f"protocol/{k}": v for k, v in protocol(cfg, learner).items()}})
         wb.close()
     return results

@@ -34,7 +34,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=6, help="seeds 0..N-1 (default 6)")
     p.add_argument("--cases", default="", help="comma-separated case names (default: all)")
-    p.add_argument("--json", type=Path, default=None, help="write the raw numbers here")
+    p.add_argument("--json", type=Path, default=None,
+                   help="write the raw numbers here (after each run; an existing file from the "
+                        "same kernels is resumed)")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="learning_spread-"))
@@ -60,28 +62,32 @@ def main() -> None:
           f"threads {torch.get_num_threads()}, seeds 0-{args.seeds - 1}", flush=True)
     raw: dict = {"capability": cap, "torch": torch.__version__,
                  "dnnl_max_cpu_isa": os.environ.get("DNNL_MAX_CPU_ISA"), "cases": {}}
+    if args.json and args.json.exists():  # resume: keep the seeds already run on these kernels
+        old = json.loads(args.json.read_text())
+        if {k: old.get(k) for k in ("capability", "torch", "dnnl_max_cpu_isa")} == \
+                {k: raw[k] for k in ("capability", "torch", "dnnl_max_cpu_isa")}:
+            raw["cases"] = old["cases"]
     rows = []
     for name in names:
         overrides, fn = table[name]
-        runs = []
-        for seed in range(args.seeds):
-            started = time.perf_counter()
-            first, second = fn(make_cfg, tmp / f"{name}-{seed}", *overrides, f"seed={seed}")
-            runs.append({"seed": seed, "first": first, "second": second,
-                         "seconds": time.perf_counter() - started})
-            print(f"  {name} seed {seed}: {first:.4f} -> {second:.4f} "
-                  f"({runs[-1]['seconds']:.0f} s)", flush=True)
         acc = fn is train_and_compare
         keys = ("before", "after") if acc else ("pre", "post")
-        raw["cases"][name] = {"kind": "accuracy" if acc else "mse", "runs": [
-            {"seed": r["seed"], keys[0]: r["first"], keys[1]: r["second"],
-             "seconds": r["seconds"]} for r in runs]}
-        seconds = [r["second"] for r in runs]
-        derived = [r["second"] - r["first"] if acc else r["second"] / r["first"] for r in runs]
+        case = raw["cases"].setdefault(name, {"kind": "accuracy" if acc else "mse", "runs": []})
+        done = {r["seed"] for r in case["runs"]}
+        for seed in (s for s in range(args.seeds) if s not in done):
+            started = time.perf_counter()
+            first, second = fn(make_cfg, tmp / f"{name}-{seed}", *overrides, f"seed={seed}")
+            case["runs"].append({"seed": seed, keys[0]: first, keys[1]: second,
+                                 "seconds": time.perf_counter() - started})
+            print(f"  {name} seed {seed}: {first:.4f} -> {second:.4f} "
+                  f"({case['runs'][-1]['seconds']:.0f} s)", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(raw, indent=1))
+        runs = [r for r in case["runs"] if r["seed"] < args.seeds]
+        seconds = [r[keys[1]] for r in runs]
+        derived = [r[keys[1]] - r[keys[0]] if acc else r[keys[1]] / r[keys[0]] for r in runs]
         rows.append((name, "acc" if acc else "mse", stats(seconds), "gap" if acc else "ratio",
                      stats(derived)))
-        if args.json:
-            args.json.write_text(json.dumps(raw, indent=1))
 
     print(f"\n{'case':20} {'':5} {'mean':>7} {'sd':>7} {'min':>7}   {'':5} "
           f"{'mean':>7} {'sd':>7} {'min':>7}   (capability {cap})")

@@ -15,13 +15,21 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_OMNIGLOT = Path(os.environ.get("METABENCH_OMNIGLOT", REPO.parent / "shared/data/omniglot"))
 
 
+# pytest-xdist runs one worker per core (pyproject: -n auto); each worker's torch (and every
+# subprocess a test starts) gets its share of the cores, so workers never oversubscribe them
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("METABENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(var, str(THREADS))
+    torch.set_num_threads(THREADS)
 
 
 def make_cfg(*overrides: str):

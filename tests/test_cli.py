@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from wandb_records import history, run_info
+from wandb_records import history, run_info, summary
 
 from metabench.checkpoint import load_checkpoint
 
@@ -68,6 +68,9 @@ def test_wandb_offline_run_holds_history(trained):
     assert info.display_name == "protonet-synthetic-5w1s-seed0"
     assert {"protonet", "synthetic", "5-way", "1-shot"} <= set(info.tags)
     assert "wandb sync" in r.stdout
+    final = summary(files[0])  # the test result with the protocol it was measured under
+    assert final["protocol/transductive"] is True and final["protocol/norm"] == "batch"
+    assert final["protocol/episodes"] == 40 and "test/accuracy" in final
 
 
 def test_evaluate_results_are_deterministic_and_complete(trained):
@@ -107,11 +110,33 @@ def test_help_lists_commands_and_groups(tmp_path):
     r = metabench("--help", cwd=tmp_path)
     assert r.returncode == 0
     for word in ("train", "evaluate", "algo:", "maml", "protonet", "omniglot", "conv4",
-                 "quick_protonet_omniglot"):
+                 "quick/protonet_omniglot", "paper/<algo>_omniglot_", "aliases"):
         assert word in r.stdout
 
 
 # --- bad input ---------------------------------------------------------------------------
+
+def metabench_in_process(*args: str, cwd: Path, capfd, monkeypatch
+                         ) -> subprocess.CompletedProcess:
+    """``metabench ARGS`` run by ``cli.main`` in this process (no interpreter start-up: the
+    bad-input cases are many and each fails within a second); the same exit code and output
+    as the command. ``test_real_process_exit_code_and_output`` checks the two agree."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from metabench import cli
+
+    monkeypatch.chdir(cwd)
+    capfd.readouterr()
+    GlobalHydra.instance().clear()
+    try:
+        code = cli.main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        GlobalHydra.instance().clear()
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["metabench", *args], code, out, err)
+
 
 @pytest.fixture(scope="module")
 def bad_env(tmp_path_factory):
@@ -158,7 +183,7 @@ BAD = {
                         "images_evaluation.zip"),
     "protonet on regression": (["train", "data=sinusoid", "backbone=mlp"],
                                "algo=protonet does not handle regression data"),
-    "conv4 on vectors": (["train", "algo=maml", "data=sinusoid"],
+    "conv4 on vectors": (["train", "algo=maml", "data=sinusoid", "backbone=conv4"],
                          "backbone: conv4 needs image input"),
     "evaluate without checkpoint": (["evaluate"], "evaluate needs checkpoint=PATH"),
     "missing checkpoint": (["evaluate", "checkpoint=nope.pt"], "checkpoint nope.pt does not exist"),
@@ -183,7 +208,9 @@ BAD = {
     "bad split": (["train", *OMNI, "data.split=nope"],
                   "data.split=nope is not one of: vinyals, background"),
     "bad norm": (["train", "data=synthetic", "backbone.norm=group"],
-                 "backbone: backbone.norm=group is not one of: batch, none"),
+                 "backbone: backbone.norm=group is not one of: batch, running, support, none"),
+    "norm the algo cannot do": (["train", "data=synthetic", "algo=maml", "backbone.norm=running"],
+                                "algo=maml does not support backbone.norm=running"),
     "bad inner lr": (["train", "data=synthetic", "algo=maml", "algo.inner_lr=abc"],
                      "algo: algo.inner_lr=abc must be a positive number"),
     "bad inner steps": (["train", "data=synthetic", "algo=maml", "algo.inner_steps=-1"],
@@ -216,7 +243,7 @@ LINES = {"zero ways": 2, "shots+queries > 20": 2, "ways > classes": 3,
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_input_one_line_nonzero_exit(case, bad_env):
+def test_bad_input_one_line_nonzero_exit(case, bad_env, capfd, monkeypatch):
     root, omni, good = bad_env
     args, expected = BAD[case]
     args = [a.replace("GOOD", str(good)) for a in args]
@@ -226,7 +253,7 @@ def test_bad_input_one_line_nonzero_exit(case, bad_env):
     if args[0] == "train":
         args.append(f"hydra.run.dir={run_dir}")
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
-    r = metabench(*args, cwd=root)
+    r = metabench_in_process(*args, cwd=root, capfd=capfd, monkeypatch=monkeypatch)
     assert r.returncode == 2
     assert expected in r.stderr, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
@@ -237,6 +264,21 @@ def test_bad_input_one_line_nonzero_exit(case, bad_env):
     assert not run_dir.exists()  # validation failed before a run folder was kept
     after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and p in before}
     assert after == before  # nothing that existed was modified
+
+
+@pytest.mark.parametrize("case", ["wrong type", "unknown algo", "truncated checkpoint"])
+def test_real_process_exit_code_and_output(case, bad_env, capfd, monkeypatch):
+    """The command itself gives what the in-process runner of the cases above gives."""
+    root, _, good = bad_env
+    args = [a.replace("GOOD", str(good)) for a in BAD[case][0]]
+    if args[0] == "train":
+        args.append(f"hydra.run.dir={root / 'runs' / 'real'}")
+    real = metabench(*args, cwd=root)
+    inproc = metabench_in_process(*args, cwd=root, capfd=capfd, monkeypatch=monkeypatch)
+    assert real.returncode == inproc.returncode == 2
+    assert BAD[case][1] in real.stderr
+    assert [ln for ln in real.stderr.splitlines() if ln.startswith("error:")] == \
+        [ln for ln in inproc.stderr.splitlines() if ln.startswith("error:")]
 
 
 def test_hydra_composition_errors_exit_2(tmp_path):

@@ -19,7 +19,8 @@ from metabench.report import aggregate, find_runs, read_run, write_report
 
 def make_run(root: Path, name: str, *, shots: int = 1, seed: int = 0, kind: str = "accuracy",
              summary: bool = True, test: float | None = None, ci: float = 0.01,
-             metrics: list[dict] | None = None, tail: str = "") -> Path:
+             metrics: list[dict] | None = None, tail: str = "",
+             protocol: dict | None = None) -> Path:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     classification = kind == "accuracy"
@@ -41,7 +42,7 @@ def make_run(root: Path, name: str, *, shots: int = 1, seed: int = 0, kind: str 
         (run / "checkpoints").mkdir()
         (run / "checkpoints" / "results.json").write_text(json.dumps(
             {"metric": kind, "mean": test, "ci95": ci, "episodes": 50, "ways": 5,
-             "shots": shots}))
+             "shots": shots, **(protocol or {})}))
     return run
 
 
@@ -193,3 +194,21 @@ def test_cli_writes_figures_or_says_why_not(sweep: Path, tmp_path: Path, monkeyp
     assert cli.main(["report", str(sweep)]) == 0
     assert "figures skipped: matplotlib is not installed" in capsys.readouterr().out
     assert not (sweep / "val_curves.png").exists() and (sweep / "report.md").exists()
+
+
+def test_rows_of_different_protocols_are_kept_apart_and_flagged(tmp_path: Path):
+    root = tmp_path / "runs"
+    for i, (norm, transductive) in enumerate([("batch", True), ("batch", True),
+                                              ("running", False)]):
+        make_run(root, f"{i}_{norm}", seed=i, test=0.9 + 0.01 * i, metrics=curve(0.9),
+                 protocol={"transductive": transductive, "norm": norm})
+    rows = [read_run(r) for r in find_runs([root])]
+    groups = aggregate(rows)
+    assert sorted((g["protocol"], g["seeds"]) for g in groups) == [
+        ("non-transductive (norm=running)", 1), ("transductive (norm=batch)", 2)]
+    md = write_report(rows, groups, tmp_path / "out")[0].read_text()
+    assert "| protocol |" in md.splitlines()[6]
+    assert "Protocols differ within synthetic 5-way 1-shot" in md
+    same = [r for r in rows if r["norm"] == "batch"]
+    md = write_report(same, aggregate(same), tmp_path / "same")[0].read_text()
+    assert "Protocols differ" not in md

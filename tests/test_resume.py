@@ -49,9 +49,12 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    subprocess.run(command(whole), env=env(), check=True, capture_output=True, cwd=tmp_path)
+    norm = "backbone.norm=running"  # running averages: state a resume must restore bitwise too
+    subprocess.run(command(whole, norm), env=env(), check=True, capture_output=True,
+                   cwd=tmp_path)
 
-    proc = subprocess.Popen(command(cut), env=env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(command(cut, norm), env=env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_for_step(cut, proc, 40)
     proc.send_signal(signal.SIGKILL)
@@ -59,13 +62,13 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     killed_at = load_checkpoint(cut / "checkpoints" / "last.pt")["step"]
     assert 30 <= killed_at < 120
 
-    r = subprocess.run(command(cut, "train.resume=true"), env=env(), capture_output=True,
+    r = subprocess.run(command(cut, norm, "train.resume=true"), env=env(), capture_output=True,
                        text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert f"resuming from {cut / 'checkpoints' / 'last.pt'} at step {killed_at}" in \
         r.stdout.replace("\n", "")
     a, b = weights(whole), weights(cut)
-    assert a.keys() == b.keys()
+    assert a.keys() == b.keys() and any(k.endswith("running_mean") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ"
     # the metrics history has each point once
     steps = [json.loads(ln)["step"] for ln in (cut / "metrics.jsonl").read_text().splitlines()

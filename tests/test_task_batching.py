@@ -1,5 +1,5 @@
 """MAML's task batching: the vmapped path gives the loop's loss, meta-gradients and evaluation
-metrics (float64, second and first order, with and without batch norm), and the explicit
+metrics (float64, second and first order; batch, support-set and no norm), and the explicit
 batch-statistics norm equals nn.BatchNorm2d(track_running_stats=False)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from metabench.episodes import Episode
 BACKBONES = {
     "conv4-batch": (lambda: Conv4((1, 16, 16), hidden=8, norm="batch"), (1, 16, 16)),
     "conv4-none": (lambda: Conv4((1, 16, 16), hidden=8, norm="none"), (1, 16, 16)),
+    "conv4-support": (lambda: Conv4((1, 16, 16), hidden=8, norm="support"), (1, 16, 16)),
     "mlp": (lambda: MLP((4,), hidden=(6,)), (4,)),
 }
 

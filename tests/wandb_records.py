@@ -53,3 +53,13 @@ def history(path: Path) -> list[dict]:
 
 def run_info(path: Path) -> pb.RunRecord:
     return next(r.run for r in records(path) if r.WhichOneof("record_type") == "run")
+
+
+def summary(path: Path) -> dict:
+    """The run's summary: every summary record's updates, later ones winning."""
+    out: dict = {}
+    for r in records(path):
+        if r.WhichOneof("record_type") == "summary":
+            out.update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                        for i in r.summary.update})
+    return out

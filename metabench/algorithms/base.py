@@ -29,6 +29,8 @@ class MetaLearner(nn.Module):
     any_ways: bool = True
     #: which dataset kinds the learner handles
     kinds: tuple[str, ...] = ("classification", "regression")
+    #: the ``backbone.norm`` modes the learner can evaluate under (backbones/norms.py)
+    norms: tuple[str, ...] = ("batch", "running", "support", "none")
 
     def __init__(self, backbone: nn.Module, kind: str, ways: int):
         super().__init__()
@@ -36,10 +38,25 @@ class MetaLearner(nn.Module):
         self.kind = kind
         self.ways = ways
 
+    @property
+    def norm(self) -> str:
+        """The backbone's normalisation mode (``none`` for a backbone without norm layers)."""
+        return getattr(self.backbone, "norm", "none")
+
+    def transductive(self) -> bool:
+        """Whether a query's test prediction depends on the other queries of its episode:
+        with ``norm=batch`` they share the batch statistics of one forward call."""
+        return self.norm == "batch"
+
     def scored(self, pred: Tensor, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
         metrics = task_metrics(pred, episode.y_query, episode.is_classification)
         return metrics["loss"].mean(), metrics
 
-    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover
+    def predict(self, episode: Episode) -> Tensor:  # pragma: no cover
+        """Query predictions [T, m, outputs] (logits or scores; regression: values) under the
+        current protocol (``self.training``): what the loss and the metrics are computed from."""
         raise NotImplementedError
+
+    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.scored(self.predict(episode), episode)
 

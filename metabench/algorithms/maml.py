@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 from metabench.algorithms.base import MetaLearner, task_metrics
 from metabench.algorithms.gradient import Params, sgd_adapt
-from metabench.backbones.norms import explicit_batch_stats
+from metabench.backbones.norms import explicit_batch_stats, query_outputs
 from metabench.episodes import Episode
 
 TASK_BATCHING = ("auto", "loop", "vmap")
@@ -23,6 +23,9 @@ TASK_BATCHING = ("auto", "loop", "vmap")
 
 class MAML(MetaLearner):
     any_ways = False  # the head has one output per training way
+    # running averages cannot be updated inside torch.func transforms (and MAML's code uses
+    # batch statistics at test)
+    norms = ("batch", "support", "none")
 
     def __init__(self, backbone: nn.Module, kind: str, ways: int, inner_lr: float = 0.4,
                  inner_steps: int = 1, eval_inner_steps: int = 3, first_order: bool = False,
@@ -70,17 +73,23 @@ class MAML(MetaLearner):
             return self.task_batching
         return "vmap" if torch.device(device).type == "cuda" else "loop"
 
-    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+    def outputs(self, episode: Episode) -> tuple[Tensor, ...]:
+        """Query predictions [T, m, out] after adaptation; in evaluation also those of the
+        unadapted weights."""
         steps = self.inner_steps if self.training else self.eval_inner_steps
         params = self.fast_params()
 
         def one_task(xs: Tensor, ys: Tensor, xq: Tensor) -> tuple[Tensor, ...]:
             """Query predictions after adapting on (xs, ys); in evaluation also before."""
             fast = self.adapt(params, xs, ys, steps)
-            pred = functional_call(self.model, fast, (xq,))
+
+            def on_queries(p: Params) -> Tensor:  # norm=support: the support's statistics
+                return query_outputs(lambda x: functional_call(self.model, p, (x,)), xs, xq,
+                                     self.norm)
+
             if self.training:
-                return (pred,)
-            return pred, functional_call(self.model, params, (xq,))
+                return (on_queries(fast),)
+            return on_queries(fast), on_queries(params)
 
         if self.batching_mode(episode.x_support.device) == "vmap":
             with explicit_batch_stats():
@@ -90,6 +99,13 @@ class MAML(MetaLearner):
             per_task = [one_task(episode.x_support[t], episode.y_support[t], episode.x_query[t])
                         for t in range(episode.tasks)]
             outs = tuple(torch.stack(o) for o in zip(*per_task, strict=True))
+        return outs
+
+    def predict(self, episode: Episode) -> Tensor:
+        return self.outputs(episode)[0]
+
+    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+        outs = self.outputs(episode)
         loss, metrics = self.scored(outs[0], episode)
         if len(outs) > 1:  # evaluation also reports the unadapted model, for comparison
             pre = task_metrics(outs[1], episode.y_query, episode.is_classification)

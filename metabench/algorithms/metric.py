@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from metabench.algorithms.base import MetaLearner
+from metabench.backbones.norms import support_rows
 from metabench.episodes import Episode
 
 
@@ -14,17 +15,19 @@ class MetricLearner(MetaLearner):
     kinds = ("classification",)
 
     def embed(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """Support and query embeddings [T, n, D], each task through the backbone as one batch
-        (so batch statistics are per task, at train and test alike)."""
+        """Support and query embeddings [T, n, D], each task through the backbone as one batch,
+        support first: ``norm=batch`` normalises by the task's statistics, ``support`` by its
+        support rows', ``running`` by the running averages in evaluation."""
         n = episode.x_support.shape[1]
-        z = [self.backbone(torch.cat([episode.x_support[t], episode.x_query[t]]))
-             for t in range(episode.tasks)]
+        with support_rows(n):
+            z = [self.backbone(torch.cat([episode.x_support[t], episode.x_query[t]]))
+                 for t in range(episode.tasks)]
         return torch.stack([e[:n] for e in z]), torch.stack([e[n:] for e in z])
 
     def logits(self, z_support: Tensor, y_support: Tensor, z_query: Tensor,
                ways: int) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+    def predict(self, episode: Episode) -> Tensor:
         zs, zq = self.embed(episode)
-        return self.scored(self.logits(zs, episode.y_support, zq, episode.ways), episode)
+        return self.logits(zs, episode.y_support, zq, episode.ways)

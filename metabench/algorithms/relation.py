@@ -63,6 +63,8 @@ class RelationModule(nn.Module):
 
 class RelationNet(MetaLearner):
     kinds = ("classification",)
+    # the relation module normalises (query, class) pairs: no support-only statistics exist
+    norms = ("batch", "running", "none")
 
     def __init__(self, backbone: nn.Module, kind: str, ways: int, channels: int = 64,
                  hidden: int = 8, norm: str = "batch"):
@@ -74,9 +76,15 @@ class RelationNet(MetaLearner):
         for key, v in (("channels", channels), ("hidden", hidden)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"algo.{key}={v} must be a positive integer")
-        if norm not in ("batch", "none"):
-            raise ValueError(f"algo.norm={norm} is not one of: batch, none")
+        if norm not in self.norms:
+            raise ValueError(f"algo.norm={norm} is not one of: {', '.join(self.norms)}")
+        self.relation_norm = norm
         self.relation = RelationModule(tuple(backbone.map_shape), channels, hidden, norm)
+
+    def transductive(self) -> bool:
+        """Batch statistics in the backbone or in the relation module (whose batch holds every
+        (query, class) pair of a task) share information between queries."""
+        return "batch" in (self.norm, self.relation_norm)
 
     def scores(self, episode: Episode) -> Tensor:
         """Relation scores [T, m, ways]; each task's support and query go through the backbone
@@ -90,6 +98,9 @@ class RelationNet(MetaLearner):
             classes = class_maps(maps[:n], episode.y_support[t], episode.ways)
             out.append(self.relation.pair_scores(maps[n:], classes))
         return torch.stack(out)
+
+    def predict(self, episode: Episode) -> Tensor:
+        return self.scores(episode)
 
     def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
         scores = self.scores(episode)

@@ -37,7 +37,7 @@ from torch.func import functional_call
 
 from metabench.algorithms.base import MetaLearner, task_metrics
 from metabench.algorithms.gradient import Params
-from metabench.backbones.norms import explicit_batch_stats
+from metabench.backbones.norms import explicit_batch_stats, query_outputs
 from metabench.episodes import Episode
 
 INNER_OPTIMIZERS = ("sgd", "adam")
@@ -64,6 +64,7 @@ def minibatches(n: int, batch: int, steps: int, device: torch.device) -> list[Te
 
 class Reptile(MetaLearner):
     any_ways = False  # the head has one output per training way
+    norms = ("batch", "support", "none")  # running averages cannot update inside torch.func
 
     def __init__(self, backbone: nn.Module, kind: str, ways: int, inner_lr: float = 0.001,
                  inner_steps: int = 5, eval_inner_steps: int = 50, inner_optimizer: str = "adam",
@@ -98,7 +99,7 @@ class Reptile(MetaLearner):
         self.betas = (float(beta1), float(beta2))
         self.inner_batch = inner_batch
         self.eval_inner_batch = eval_inner_batch
-        self.transductive = transductive
+        self.transductive_scoring = transductive
         self.carried = inner_adam_state == "carried" and inner_optimizer == "adam"
         if self.carried:  # flat over all weights; buffers, so checkpoints and .to() carry them
             n = sum(p.numel() for p in self.model.parameters())
@@ -159,10 +160,13 @@ class Reptile(MetaLearner):
             return params, None
         return params, AdamState(m, v2, t0 + steps)
 
-    def predict(self, params: Params, xs: Tensor, xq: Tensor, transductive: bool) -> Tensor:
-        """Query predictions; non-transductive: each query forwarded with the support set."""
-        if transductive:
-            return functional_call(self.model, params, (xq,))
+    def query_predictions(self, params: Params, xs: Tensor, xq: Tensor,
+                          transductive: bool) -> Tensor:
+        """Query predictions; non-transductive: each query forwarded with the support set
+        (``norm=support`` is non-transductive by itself: the support's statistics for all)."""
+        if transductive or self.norm != "batch":
+            return query_outputs(lambda x: functional_call(self.model, params, (x,)), xs, xq,
+                                 self.norm)
         n = xs.shape[0]
 
         def one(x: Tensor) -> Tensor:
@@ -173,13 +177,14 @@ class Reptile(MetaLearner):
             return torch.cat([torch.func.vmap(one)(xq[i:i + chunk])
                               for i in range(0, xq.shape[0], chunk)])
 
-    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+    def transductive(self) -> bool:
+        return self.norm == "batch" and self.transductive_scoring
+
+    def adapted(self, episode: Episode) -> list[Params]:
+        """phi for every task of ``episode`` under the current protocol."""
         theta = dict(self.model.named_parameters())
-        if self.training:
-            steps, batch, transductive = self.inner_steps, self.inner_batch, True
-        else:
-            steps, batch, transductive = (self.eval_inner_steps, self.eval_inner_batch,
-                                          self.transductive)
+        steps, batch = ((self.inner_steps, self.inner_batch) if self.training
+                        else (self.eval_inner_steps, self.eval_inner_batch))
         start = self.adam_state()
         phis, state = [], start
         for t in range(episode.tasks):
@@ -191,12 +196,26 @@ class Reptile(MetaLearner):
             phis.append(phi)
         if self.training and self.carried:
             self.keep_adam_state(state)
+        return phis
+
+    def predictions(self, episode: Episode, phis: list[Params]) -> Tensor:
+        """Query predictions of the adapted weights (training: the query set as one batch)."""
+        transductive = self.training or self.transductive_scoring
         with torch.no_grad():
-            post = torch.stack([self.predict(phi, episode.x_support[t], episode.x_query[t],
-                                             transductive) for t, phi in enumerate(phis)])
-            metrics = task_metrics(post, episode.y_query, episode.is_classification)
+            return torch.stack([self.query_predictions(phi, episode.x_support[t],
+                                                       episode.x_query[t], transductive)
+                                for t, phi in enumerate(phis)])
+
+    def predict(self, episode: Episode) -> Tensor:
+        return self.predictions(episode, self.adapted(episode))
+
+    def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
+        phis = self.adapted(episode)
+        metrics = task_metrics(self.predictions(episode, phis), episode.y_query,
+                               episode.is_classification)
         if not self.training:
             return metrics["loss"].mean(), metrics
+        theta = dict(self.model.named_parameters())
         surrogate = torch.stack([
             sum(0.5 * ((theta[k] - phi[k]) ** 2).sum() for k in theta) for phi in phis])
         return surrogate.mean(), metrics

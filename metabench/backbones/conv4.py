@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from metabench.backbones.norms import (  # noqa: F401  (re-exported for callers of conv4)
+    SUPPORT_MIN_COUNT,
     BatchStatNorm2d,
+    check_norm,
     explicit_batch_stats,
     make_norm,
 )
@@ -43,6 +45,7 @@ class Conv4(nn.Module):
                              f"{', '.join(DOWNSAMPLE)}")
         if readout not in READOUT:
             raise ValueError(f"backbone.readout={readout} is not one of: {', '.join(READOUT)}")
+        self.norm = check_norm(norm)
         pooled = layers if pool is None else pool
         blocks, c = [], input_shape[0]
         for i in range(layers):
@@ -56,7 +59,9 @@ class Conv4(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.readout = readout
         with torch.no_grad():
-            self.map_shape = tuple(self.features(torch.zeros(2, *input_shape)).shape[1:])
+            # enough rows for a support norm's statistics at any map size
+            probe = torch.zeros(SUPPORT_MIN_COUNT, *input_shape)
+            self.map_shape = tuple(self.features(probe).shape[1:])
         self.out_dim = (hidden if readout == "mean"
                         else int(torch.tensor(self.map_shape).prod()))
 

@@ -9,6 +9,8 @@ from torch import nn
 
 
 class MLP(nn.Module):
+    norm = "none"  # no normalisation layers: every prediction is its own
+
     def __init__(self, input_shape: tuple[int, ...], hidden: tuple[int, ...] = (40, 40)):
         super().__init__()
         layers, d = [], math.prod(input_shape)

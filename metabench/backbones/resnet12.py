@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from metabench.backbones.norms import make_norm
+from metabench.backbones.norms import check_norm, make_norm
 
 SLOPE = 0.1
 
@@ -51,6 +51,7 @@ class ResNet12(nn.Module):
         if len(input_shape) != 3:
             raise ValueError(f"resnet12 needs image input (C, H, W), got shape "
                              f"{tuple(input_shape)}")
+        self.norm = check_norm(norm)
         channels = list(channels)
         if not channels or any(isinstance(c, bool) or not isinstance(c, int) or c <= 0
                                 for c in channels):
