@@ -115,15 +115,8 @@ class RunningNorm2d(nn.BatchNorm2d):
 
 def make_norm(kind: str, channels: int) -> nn.Module:
     """The normalisation layer of ``backbone.norm=kind`` (see the module docstring)."""
-    if kind == "batch":
-        return BatchStatNorm2d(channels)
-    if kind == "running":
-        return RunningNorm2d(channels)
-    if kind == "support":
-        return SupportNorm2d(channels)
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"backbone.norm={kind} is not one of: {', '.join(NORMS)}")
+    layers = {"batch": BatchStatNorm2d, "running": RunningNorm2d, "support": SupportNorm2d}
+    return nn.Identity() if check_norm(kind) == "none" else layers[kind](channels)
 
 
 def check_norm(kind: str) -> str:
