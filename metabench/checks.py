@@ -109,6 +109,10 @@ def check_static(cfg: DictConfig) -> list[str]:
         v = cfg.train.get(key, default)
         if v not in allowed_values:
             problems.append(f"train.{key}={v} is not one of: {', '.join(allowed_values)}")
+    log_model = cfg.get("logger", {}).get("log_model", False)
+    if not (log_model is False or log_model in ("best", "last")):
+        shown = str(log_model).lower() if isinstance(log_model, bool) else log_model
+        problems.append(f"logger.log_model={shown} is not one of: best, last, false")
     try:
         cls = get_class(cfg.algo._target_)
     except Exception:

@@ -60,6 +60,8 @@ HELP = """usage: metabench <command> [key=value ...]
 commands:
   train [overrides]                      meta-train; -m/--multirun sweeps comma lists
   evaluate checkpoint=PATH [overrides]   test a checkpoint: mean accuracy (or MSE) +- 95% CI
+  predict checkpoint=PATH support=DIR query=DIR_OR_FILES
+                                         classify images, support as DIR/<class>/*.png
   report PATH... [--out DIR]             compare runs and sweeps (report.md, .csv, .png)
 
 examples:
@@ -244,6 +246,7 @@ def train_cmd(args: list[str]) -> int:
 
 def evaluate_cmd(args: list[str]) -> int:
     from metabench import run
+    from metabench.artifacts import resolve_checkpoint
     from metabench.checkpoint import load_checkpoint
 
     try:
@@ -267,7 +270,7 @@ def evaluate_cmd(args: list[str]) -> int:
         if OmegaConf.is_missing(settings, "checkpoint"):
             raise ConfigError("evaluate needs checkpoint=PATH (e.g. outputs/<run>/checkpoints/"
                               "best.pt)")
-        checkpoint = Path(str(settings.pop("checkpoint")))
+        checkpoint = resolve_checkpoint(str(settings.pop("checkpoint")), say=plain)  # wandb:...
         blob = load_checkpoint(checkpoint)
         cfg = OmegaConf.create(blob["config"])
         OmegaConf.set_struct(cfg, True)
@@ -367,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_cmd(rest)
     if command == "report":
         return report_cmd(rest)
+    if command == "predict":
+        from metabench.predict_cmd import predict_cmd
+
+        return predict_cmd(rest)
     err_console.print(f"[bold red]error:[/] unknown command {command!r} "
-                      "(commands: train, evaluate, report)", highlight=False)
+                      "(commands: train, evaluate, predict, report)", highlight=False)
     return 2

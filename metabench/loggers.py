@@ -16,6 +16,7 @@ from metabench.files import storage_error
 class Logger(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
     def summary(self, values: dict[str, Any]) -> None: ...
+    def log_model(self, path: Path, aliases: list[str], metadata: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -36,6 +37,9 @@ class JsonlLogger:
 
     def summary(self, values: dict[str, Any]) -> None:
         pass
+
+    def log_model(self, path: Path, aliases: list[str], metadata: dict[str, Any]) -> None:
+        pass  # the checkpoint is already in the run dir
 
     def close(self) -> None:
         self._f.close()
@@ -97,6 +101,28 @@ class WandbLogger:
     def summary(self, values: dict[str, Any]) -> None:
         self._guard(lambda: self.run.summary.update(values))
 
+    def log_model(self, path: Path, aliases: list[str], metadata: dict[str, Any]) -> None:
+        """``path`` as version of the run's ``model-<run id>`` artifact (type "model"): uploaded
+        online, staged for ``wandb sync`` offline. A failure warns and keeps the run (its
+        metrics still finish); the checkpoint stays in the run dir either way."""
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            name = f"model-{self.run.id}"
+            artifact = wandb.Artifact(name, type="model", metadata=metadata)
+            artifact.add_file(str(path), name=Path(path).name)
+            self.run.log_artifact(artifact, aliases=aliases)
+            where = f"{self.run.entity or '<entity>'}/{self.run.project}/{name}:{aliases[0]}"
+            later = " (offline: uploaded by wandb sync)" if self.run.offline else ""
+            self.say(f"W&B: {path} logged as model artifact {where}{later}; evaluate it "
+                     f"anywhere with checkpoint=wandb:{where}")
+        except Exception as e:
+            warnings.warn(f"W&B model upload failed, {path} stays local: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                          stacklevel=2)
+
     def close(self) -> None:
         self._guard(lambda: self.run.finish())
 
@@ -112,6 +138,10 @@ class MultiLogger:
     def summary(self, values: dict[str, Any]) -> None:
         for lg in self.loggers:
             lg.summary(values)
+
+    def log_model(self, path: Path, aliases: list[str], metadata: dict[str, Any]) -> None:
+        for lg in self.loggers:
+            lg.log_model(path, aliases, metadata)
 
     def close(self) -> None:
         for lg in self.loggers:

@@ -19,7 +19,7 @@ except ImportError:  # pragma: no cover
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from metabench import distributed
+from metabench import artifacts, distributed
 from metabench.algorithms.base import MetaLearner
 from metabench.build import (  # noqa: F401 (build, build_data: the API tests and scripts use)
     build,
@@ -179,13 +179,15 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
     else:
         logger = MultiLogger()  # logs nothing: rank 0 logs the all-reduced metrics
 
+    info = data_info(data)
+
     def save(step: int, best_val: float, is_best: bool, val_reference: float | None) -> None:
         if not world.is_main:
             return
         state = {"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler else None, "step": step,
                  "best_val": best_val, "rng": rng_state(generator), "config": config,
-                 "wandb_id": run_id, "val_reference": val_reference}
+                 "wandb_id": run_id, "val_reference": val_reference, "data_info": info}
         save_checkpoint(last, state)
         if is_best:
             save_checkpoint(ckpt_dir / "best.pt", state)
@@ -226,9 +228,19 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
             logger.summary({f"test/{metric}": out["test"]["mean"],
                             f"test/{metric}_ci95": out["test"]["ci95"],
                             **{f"protocol/{k}": v for k, v in protocol(cfg, learner).items()}})
+        artifacts.log_model(cfg, logger, ckpt_dir, best_val, out.get("test"))  # logger.log_model
     finally:
         logger.close()
     return out
+
+
+def data_info(data: Any) -> dict[str, Any]:
+    """What building the learner needs from the data, kept in checkpoints so that
+    ``metabench.load`` can rebuild a model without the dataset."""
+    info = {"kind": data.kind, "input_shape": [int(v) for v in data.input_shape]}
+    if data.kind == "classification":
+        info["train_classes"] = int(data.classes("train"))
+    return info
 
 
 def stopped_summary(run_dir: Path, e: UserError) -> None:

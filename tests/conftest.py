@@ -27,6 +27,11 @@ def _isolated_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("METABENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    # never the network: data.download reads this (a download test passes data.download=true
+    # and a 127.0.0.1 url); W&B's artifact staging and cache stay in the test's folders
+    monkeypatch.setenv("METABENCH_DOWNLOAD", "false")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path_factory.getbasetemp() / "wandb-data"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "wandb-cache"))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.setenv(var, str(THREADS))
     torch.set_num_threads(THREADS)

@@ -30,3 +30,26 @@ def write_omniglot_zip(path: Path, archive: str, alphabets: dict[str, int],
                     name = f"{archive}/{alphabet}/character{c:02d}/{a:02d}{c:02d}_{i:02d}.png"
                     z.writestr(name, png_bytes(seed + 1000 * a + 50 * c + i))
     return path
+
+
+def write_png(path: Path, pixels: torch.Tensor) -> None:
+    """uint8 [1, H, W] or [3, H, W] as a PNG (lossless: the pixels read back exactly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = pixels.permute(1, 2, 0).squeeze(-1).contiguous()
+    mode = "L" if pixels.shape[0] == 1 else "RGB"
+    Image.frombytes(mode, (arr.shape[1], arr.shape[0]), bytes(arr.flatten().tolist())).save(path)
+
+
+def write_class_folders(root: Path, splits: dict[str, int], per_class: int = 10,
+                        size: int = 28, seed: int = 0) -> Path:
+    """``root/<split>/c<k>/NN.png`` grayscale images: per class a random pattern, each image
+    that pattern with 10% of its pixels flipped."""
+    g = torch.Generator().manual_seed(seed)
+    for split, classes in splits.items():
+        for c in range(classes):
+            pattern = torch.rand(1, size, size, generator=g) > 0.5
+            for i in range(per_class):
+                noise = torch.rand(1, size, size, generator=g) < 0.1
+                write_png(root / split / f"c{c}" / f"{i:02d}.png",
+                          ((pattern ^ noise) * 255).to(torch.uint8))
+    return root

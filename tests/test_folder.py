@@ -113,7 +113,7 @@ def error_of(root, tmp_path, **kwargs) -> str:
 
 def test_missing_root(tmp_path):
     msg = error_of(tmp_path / "nowhere", tmp_path)
-    assert f"folder images not found: {tmp_path / 'nowhere'} is not a folder" in msg
+    assert f"folder not found: {tmp_path / 'nowhere'} is not a folder" in msg
     assert "data.root" in msg
     assert "needs data.root=" in error_of("", tmp_path)
 

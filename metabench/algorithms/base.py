@@ -48,6 +48,18 @@ class MetaLearner(nn.Module):
         with ``norm=batch`` they share the batch statistics of one forward call."""
         return self.norm == "batch"
 
+    def episode_problems(self, ways: int, support: int) -> list[str]:
+        """Why an episode of ``ways`` classes and ``support`` support examples in all cannot
+        be scored by this learner, as sentences (none: it can)."""
+        if self.kind == "classification" and not self.any_ways and ways != self.ways:
+            return [f"this model has a fixed {self.ways}-way head: it cannot classify into "
+                    f"{ways} classes"]
+        return []
+
+    def probabilities(self, pred: Tensor) -> Tensor:
+        """Class probabilities [..., ways] from ``predict``'s output (logits here)."""
+        return pred.float().softmax(-1)
+
     def scored(self, pred: Tensor, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
         metrics = task_metrics(pred, episode.y_query, episode.is_classification)
         return metrics["loss"].mean(), metrics

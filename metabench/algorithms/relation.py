@@ -102,6 +102,11 @@ class RelationNet(MetaLearner):
     def predict(self, episode: Episode) -> Tensor:
         return self.scores(episode)
 
+    def probabilities(self, pred: Tensor) -> Tensor:
+        """The relation scores (each in [0, 1], trained towards one-hot) normalised to sum 1."""
+        p = pred.float().clamp_min(1e-12)
+        return p / p.sum(-1, keepdim=True)
+
     def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
         scores = self.scores(episode)
         target = F.one_hot(episode.y_query, episode.ways).to(scores.dtype)

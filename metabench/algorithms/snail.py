@@ -176,7 +176,15 @@ class SNAIL(MetricLearner):
         if not isinstance(shuffle, bool):
             raise ValueError(f"algo.shuffle={shuffle} must be true or false")
         self.shuffle = shuffle
+        self.shots = shots
         self.net = SNAILNet(backbone.out_dim + ways, ways, ways * shots + 1, filters, pairs)
+
+    def episode_problems(self, ways: int, support: int) -> list[str]:
+        if support != self.ways * self.shots:  # the sequence length sets the TC depth
+            return super().episode_problems(ways, support) + [
+                f"this SNAIL model reads sequences of {self.ways * self.shots} support "
+                f"examples ({self.ways} ways x {self.shots} shots), not {support}"]
+        return super().episode_problems(ways, support)
 
     def logits(self, z_support: Tensor, y_support: Tensor, z_query: Tensor,
                ways: int) -> Tensor:

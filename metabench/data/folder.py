@@ -18,13 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from metabench.data.arrays import check_settings
 from metabench.data.cache import cache_folder, digest, load_cache, save_cache
 from metabench.data.sampler import SPLITS, ImageClasses
 from metabench.errors import DataError
+from metabench.preprocess import IMAGE_SUFFIXES as SUFFIXES
+from metabench.preprocess import decode_image
 
-SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 1
 MIN_PER_CLASS = 2
 
@@ -66,19 +67,6 @@ def _check_counts(index: dict[str, dict[str, list[Path]]], expect: Sequence[int]
                         f"train/val/test, found {'/'.join(map(str, found))}")
 
 
-def decode_image(path: Path, size: int, channels: int) -> torch.Tensor:
-    """One file as uint8 [channels, size, size]; a DataError naming the file if unreadable."""
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB" if channels == 3 else "L").resize((size, size),
-                                                                      Image.LANCZOS)
-            data = img.tobytes()
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"could not decode image {path}: {e}") from None
-    t = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return t.view(size, size, channels).permute(2, 0, 1)
-
-
 def _decode_split(classes: dict[str, list[Path]], per_class: int, size: int,
                   channels: int) -> torch.Tensor:
     """[classes, per_class, C, size, size], decoded on a few threads (PIL releases the GIL)."""
@@ -115,16 +103,8 @@ def load_folder(root: str | None, dataset: str = "folder", image_size: int = 84,
                 expect_classes: Sequence[int] | None = None) -> ImageClasses:
     """``dataset`` names the data in messages and cache files; ``expect_classes``: the
     [train, val, test] class counts to insist on (None: any)."""
-    if not root:
-        raise DataError(f"data={dataset} needs data.root=<folder holding train/ val/ test/>")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise DataError(f"data.image_size={image_size} must be a positive integer")
-    if channels not in (1, 3):
-        raise DataError(f"data.channels={channels} is not one of: 1, 3")
-    root_path = Path(root).expanduser().resolve()
-    if not root_path.is_dir():
-        raise DataError(f"{dataset} images not found: {root_path} is not a folder (expected "
-                        f"{root_path}/{{train,val,test}}/<class>/*.png|jpg; set data.root)")
+    root_path = check_settings(dataset, root, image_size, channels,
+                               "train/ val/ test/ with <class>/*.png|jpg folders")
     index = {s: _list_split(root_path, s) for s in SPLITS}
     _check_counts(index, expect_classes, root_path)
     per_class = {s: min(len(f) for f in index[s].values()) for s in SPLITS}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +27,15 @@ import torch
 from PIL import Image
 
 from metabench.data.cache import cache_folder, load_cache, save_cache
-from metabench.data.download import fetch
+from metabench.data.download import announce_line, content_length, fetch, say_stderr
 from metabench.data.sampler import ImageClasses
 from metabench.errors import DataError
+from metabench.preprocess import pil_image
 
 ARCHIVES = ("images_background", "images_evaluation")
-OFFICIAL_MD5 = {
-    "images_background.zip": "68d2efa1b9178cc56df9314c21c6e718",
-    "images_evaluation.zip": "6b91aef0f799c5bb55b94e3f2daec811",
+OFFICIAL_MD5 = {  # of the zips in github.com/brendenlake/omniglot's python/ folder
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
 OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
 IMAGES_PER_CHARACTER = 20
@@ -99,10 +101,8 @@ def _decode(src: Path, index: dict[tuple[str, str], list[str]], size: int) -> to
         for c, paths in enumerate(index.values()):
             for i, p in enumerate(paths):
                 raw = zf.read(p) if zf else (src.parent / p).read_bytes()
-                img = Image.open(io.BytesIO(raw)).convert("L").resize((size, size),
-                                                                      Image.LANCZOS)
-                t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-                out[c, i, 0] = 255 - t.view(size, size)  # strokes bright, background 0
+                with Image.open(io.BytesIO(raw)) as img:  # strokes bright, background 0
+                    out[c, i] = 255 - pil_image(img, size, channels=1)
     except (zipfile.BadZipFile, OSError, ValueError) as e:
         raise DataError(f"{src}: could not decode {p}: {e}") from None
     finally:
@@ -133,27 +133,53 @@ def _load_cache(path: Path, keys: list[str], size: int) -> torch.Tensor | None:
     return None if blob is None else blob["images"]
 
 
-def _ensure_sources(root: Path, download: bool, url: str, md5: dict[str, str]) -> dict[str, Path]:
+def _md5_table(md5: dict[str, str | None] | None) -> dict[str, str | None]:
+    """data.md5 by archive name (``images_background`` or ``images_background.zip``); a key
+    that names no archive is refused rather than silently leaving a download unchecked."""
+    table: dict[str, str | None] = {a: OFFICIAL_MD5[a] for a in ARCHIVES}
+    for key, value in (md5 or {}).items():
+        archive = str(key).removesuffix(".zip")
+        if archive not in ARCHIVES:
+            raise DataError(f"data.md5.{key} names no Omniglot archive "
+                            f"(known: {', '.join(ARCHIVES)})")
+        table[archive] = None if value is None else str(value)
+    return table
+
+
+def _ensure_sources(root: Path, download: bool, url: str, md5: dict[str, str | None],
+                    say: Callable[[str], None]) -> dict[str, Path]:
+    """The two archives (zip or folder) under ``root``; the missing ones fetched when
+    ``download`` is set, announced in one line first."""
     sources = {a: _source(root, a) for a in ARCHIVES}
     missing = [a for a, s in sources.items() if s is None]
-    if missing and not download:
-        names = " and ".join(f"{a}.zip" for a in missing)
+    names = " and ".join(f"{a}.zip" for a in missing)
+    if missing and download is not True:
+        if download is not False:
+            raise DataError(f"data.download={download} must be true or false")
         raise DataError(f"Omniglot not found: place {names} (github.com/brendenlake/omniglot, "
                         f"python/ folder) in {root}, or set data.download=true")
-    for a in missing:
-        name = f"{a}.zip"
-        sources[a] = fetch(f"{url.rstrip('/')}/{name}", root / name, md5.get(name))
+    if not missing:
+        return sources  # type: ignore[return-value]
+    hint = (f"; without network, place {names} (github.com/brendenlake/omniglot, python/ "
+            f"folder) in {root} by hand (data.download=false never fetches)")
+    urls = [f"{url.rstrip('/')}/{a}.zip" for a in missing]
+    sizes = [content_length(u, hint=hint) for u in urls]
+    say(announce_line("Omniglot", urls, root, sizes))
+    for a, u in zip(missing, urls, strict=True):
+        sources[a] = fetch(u, root / f"{a}.zip", md5[a], hint=hint)
     return sources  # type: ignore[return-value]
 
 
 def load_omniglot(root: str, split: str = "vinyals", image_size: int = 28,
                   rotations: bool = True, download: bool = False, url: str = OFFICIAL_URL,
-                  md5: dict[str, str] | None = None, cache_dir: str | None = None
-                  ) -> ImageClasses:
+                  md5: dict[str, str | None] | None = None, cache_dir: str | None = None,
+                  say: Callable[[str], None] = say_stderr) -> ImageClasses:
+    """Omniglot from ``root``; with ``download`` the missing official zips are fetched first
+    (``md5`` by archive name, default OFFICIAL_MD5; ``say`` takes the announcement)."""
     root_path = Path(root).expanduser().resolve()
     if split not in ("vinyals", "background"):
         raise DataError(f"data.split={split} is not one of: vinyals, background")
-    sources = _ensure_sources(root_path, download, url, dict(md5 or OFFICIAL_MD5))
+    sources = _ensure_sources(root_path, download, url, _md5_table(md5), say)
     indices = {a: _list_pngs(src, a) for a, src in sources.items()}
     for a, idx in indices.items():
         _check_structure(idx, sources[a])
