@@ -65,6 +65,7 @@ commands:
   report PATH... [--out DIR]             compare runs and sweeps (report.md, .csv, .png)
 
 examples:
+  metabench train experiment=quick/protonet_digits    (a first run: no download, ~20 s on a CPU)
   metabench train algo=maml data=omniglot data.ways=5 data.shots=1
   metabench train experiment=quick/protonet_omniglot data.root=../shared/data/omniglot
   metabench train algo=maml data=sinusoid             (per-pair defaults: MAML's sinusoid setting)
@@ -72,6 +73,7 @@ examples:
   metabench train -m hydra/launcher=joblib hydra.launcher.n_jobs=2 data.shots=1,5
   torchrun --nproc_per_node=2 -m metabench train algo=maml train.meta_batch=32
   metabench evaluate checkpoint=outputs/<run>/checkpoints/best.pt data.ways=20
+  metabench predict checkpoint=outputs/<run>/checkpoints/best.pt support=DIR query=DIR
 
 `metabench train --help` shows Hydra's view of the whole composed config.
 

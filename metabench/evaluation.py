@@ -20,8 +20,12 @@ def mean_ci95(values: Tensor) -> tuple[float, float]:
 
 
 def run_episodes(learner: MetaLearner, sampler, episodes: int, batch: int,
-                 seed: int, precision: str = "fp32") -> dict[str, Tensor]:
-    """Per-episode metrics [episodes] over the same episodes for the same seed."""
+                 seed: int, precision: str = "fp32",
+                 one_at_a_time: bool = False) -> dict[str, Tensor]:
+    """Per-episode metrics [episodes] over the same episodes for the same seed and ``batch``
+    (the sampler draws a batch's episodes together, so ``batch`` decides which they are).
+    ``one_at_a_time`` gives each episode of a batch to the learner alone: the same episodes,
+    the per-episode reference that batched evaluation is checked and timed against."""
     generator = torch.Generator().manual_seed(seed)
     was_training = learner.training
     learner.eval()
@@ -31,10 +35,14 @@ def run_episodes(learner: MetaLearner, sampler, episodes: int, batch: int,
             done = 0
             while done < episodes:
                 n = min(batch, episodes - done)
-                with autocast(precision, next(learner.parameters()).device):
-                    _, metrics = learner(sampler.sample(n, generator))
-                for k, v in metrics.items():
-                    out.setdefault(k, []).append(v.detach().float().cpu())
+                episode = sampler.sample(n, generator)
+                parts = ([episode.task(t) for t in range(n)] if one_at_a_time else [episode])
+                for part in parts:
+                    with autocast(precision, next(learner.parameters()).device):
+                        _, metrics = learner(part)
+                    for k, v in metrics.items():  # half precisions to float32, float64 kept
+                        v = v.detach().to(torch.promote_types(v.dtype, torch.float32))
+                        out.setdefault(k, []).append(v.cpu())
                 done += n
     finally:
         learner.train(was_training)

@@ -1,17 +1,19 @@
 """metabench speed benchmark: metabench against a baseline written the way common libraries do
-it, in ONE process, on the same machine and data.
+it (bench_baseline.py), in ONE process, on the same machine and data.
 
 For MAML (second order, 5-way 1-shot, meta-batch 32, 1 inner step, 15 queries per class; on the
 max-pooled Conv-4 and on the strided Conv-4 of MAML's Omniglot code) and ProtoNet (60-way 5-shot
-5-query training episodes) it times end-to-end meta-iterations/s
-(episode sampling + forward + backward + optimizer step; median of repeats after warm-up):
-- metabench: episodes sampled by indexing the uint8 cache on the device, torch.func inner loop;
-- baseline: a per-item PIL-decoding Dataset read through a DataLoader, the network built from
-  torch.nn layers in the usual order ([conv, BatchNorm2d, ReLU, MaxPool2d] blocks) with the same
-  weights, and for MAML a per-task loop that copies the model per task (learn2learn-style clone)
-  and steps it with torch.autograd.grad(create_graph=True).
-It also checks that both compute the same MAML meta-gradient, measures the share of a step
-spent sampling episodes, and times the evaluation of 600 ProtoNet test episodes.
+5-query training episodes) it times meta-iterations/s three ways, each the median of repeats
+after warm-up, so that a ratio says where it comes from:
+- step: forward + backward + optimizer step on the SAME episodes, already on the device, for
+  both sides (metabench: the torch.func inner loop; baseline: torch.nn layers and, for MAML, a
+  per-task loop over cloned modules stepped with torch.autograd.grad(create_graph=True));
+- data: producing one meta-batch of episodes on the device (metabench: indexing the uint8 cache;
+  baseline: a per-item PIL-decoding Dataset read through a DataLoader);
+- end to end: both together, as training runs them.
+Precision rows: fp32 and channels_last everywhere; bf16 (and fp16) where the device runs them
+natively (CUDA, or a CPU with AVX512-BF16/AMX; elsewhere the row says why not). It also checks
+that both sides compute the same MAML meta-gradient and times 600 ProtoNet test episodes.
 
     python scripts/bench.py --root ../shared/data/omniglot [--device cpu|cuda] [--out bench.json]
 """
@@ -19,29 +21,39 @@ spent sampling episodes, and times the evaluation of 600 ProtoNet test episodes.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from omegaconf import OmegaConf
 
-from metabench.algorithms.maml import MAML
-from metabench.algorithms.protonet import ProtoNet
-from metabench.backbones.conv4 import Conv4
-from metabench.data.omniglot import load_omniglot
-from metabench.episodes import Episode, EpisodeSpec
-from metabench.evaluation import run_episodes
-from metabench.precision import autocast, grad_scaler
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_baseline import (  # noqa: E402,F401 (re-exported for tests/test_bench_baseline.py)
+    MeanReadout,
+    PngCharacters,
+    baseline_maml_loss,
+    baseline_protonet_loss,
+    clone_module,
+    library_network,
+    loader_episodes,
+    set_params,
+)
+
+from metabench.algorithms.maml import MAML  # noqa: E402
+from metabench.algorithms.protonet import ProtoNet  # noqa: E402
+from metabench.backbones.conv4 import Conv4  # noqa: E402
+from metabench.checks import check_precision  # noqa: E402
+from metabench.data.omniglot import load_omniglot  # noqa: E402
+from metabench.episodes import Episode, EpisodeSpec  # noqa: E402
+from metabench.evaluation import run_episodes  # noqa: E402
+from metabench.precision import autocast, grad_scaler, native_bf16_cpu  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -73,130 +85,6 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-# --- the baseline: per-item PIL decoding and a per-task copied model --------------------------
-
-class PngCharacters(Dataset):
-    """Omniglot as most libraries read it: one PNG file per item, decoded by PIL each time."""
-
-    def __init__(self, folder: Path, size: int = 28):
-        self.chars = sorted(p for p in folder.glob("*/*") if p.is_dir())
-        self.files = [sorted(c.glob("*.png")) for c in self.chars]
-        self.size = size
-
-    def __len__(self) -> int:
-        return sum(len(f) for f in self.files)
-
-    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
-        c, i = key
-        img = Image.open(self.files[c][i]).convert("L").resize((self.size, self.size),
-                                                              Image.LANCZOS)
-        t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(1, self.size,
-                                                                                self.size)
-        return 1.0 - t.float() / 255.0
-
-
-class TaskBatches:
-    """Batch sampler of (class, item) keys, task after task, class-major."""
-
-    def __init__(self, dataset: PngCharacters, spec: EpisodeSpec, tasks: int, seed: int):
-        self.ds, self.spec, self.tasks = dataset, spec, tasks
-        self.g = torch.Generator().manual_seed(seed)
-
-    def __iter__(self):
-        w, n = self.spec.ways, self.spec.shots + self.spec.queries
-        while True:
-            keys = []
-            for _ in range(self.tasks):
-                classes = torch.randperm(len(self.ds.chars), generator=self.g)[:w]
-                for c in classes.tolist():
-                    items = torch.randperm(len(self.ds.files[c]), generator=self.g)[:n]
-                    keys += [(c, i) for i in items.tolist()]
-            yield keys
-
-
-def loader_episodes(dataset, spec: EpisodeSpec, tasks: int, device):
-    loader = DataLoader(dataset, batch_sampler=TaskBatches(dataset, spec, tasks, 0),
-                        num_workers=0)
-    w, s, q = spec.ways, spec.shots, spec.queries
-    for x in loader:
-        x = x.to(device).view(tasks, w, s + q, *x.shape[1:])
-        labels = torch.arange(w, device=device)
-        yield Episode(x[:, :, :s].flatten(1, 2), labels.repeat_interleave(s).expand(tasks, -1),
-                      x[:, :, s:].flatten(1, 2), labels.repeat_interleave(q).expand(tasks, -1), w)
-
-
-def clone_module(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy whose parameters are graph-connected clones of the originals (learn2learn's way)."""
-    clone = copy.deepcopy(module)
-    for (_, src), (_, mod) in zip(_param_owners(module), _param_owners(clone),
-                                         strict=True):
-        for name, p in src._parameters.items():
-            if p is not None:
-                mod._parameters[name] = p.clone()
-    return clone
-
-
-def library_network(model: nn.Module) -> nn.Module:
-    """metabench's Conv-4 (+ head) rebuilt from torch.nn layers as libraries write it:
-    [Conv2d, BatchNorm2d (batch statistics), ReLU, MaxPool2d] blocks, the same weights, the
-    same parameter order."""
-    body = model.backbone if hasattr(model, "backbone") else model
-    mods, blocks = list(body.features), []
-    for i in range(0, len(mods), 4):
-        conv, norm, pooling, _ = mods[i:i + 4]
-        bn = nn.BatchNorm2d(conv.out_channels, track_running_stats=False)
-        bn.load_state_dict(norm.state_dict())
-        blocks += [copy.deepcopy(conv), bn, nn.ReLU(), copy.deepcopy(pooling)]
-    layers = [nn.Sequential(*blocks)]
-    layers.append(MeanReadout() if body.readout == "mean" else nn.Flatten())
-    if hasattr(model, "head"):
-        layers.append(copy.deepcopy(model.head))
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    return nn.Sequential(*layers).to(device, dtype)
-
-
-class MeanReadout(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.mean(dim=(2, 3))
-
-
-def _param_owners(module):
-    return [(n, m) for n, m in module.named_modules() if m._parameters]
-
-
-def set_params(module: torch.nn.Module, new: list[torch.Tensor]) -> None:
-    it = iter(new)
-    for _, mod in _param_owners(module):
-        for name in list(mod._parameters):
-            if mod._parameters[name] is not None:
-                mod._parameters[name] = next(it)
-
-
-def baseline_maml_loss(model, ep: Episode, lr: float, steps: int) -> torch.Tensor:
-    total = 0.0
-    for t in range(ep.tasks):
-        learner = clone_module(model)
-        for _ in range(steps):
-            loss = F.cross_entropy(learner(ep.x_support[t]), ep.y_support[t])
-            params = list(learner.parameters())
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            set_params(learner, [p - lr * g for p, g in zip(params, grads, strict=True)])
-        total = total + F.cross_entropy(learner(ep.x_query[t]), ep.y_query[t])
-    return total / ep.tasks
-
-
-def baseline_protonet_loss(encoder, ep: Episode) -> torch.Tensor:
-    losses = []
-    for t in range(ep.tasks):
-        n = ep.x_support.shape[1]
-        z = encoder(torch.cat([ep.x_support[t], ep.x_query[t]]))
-        zs, zq = z[:n], z[n:]
-        protos = zs.view(ep.ways, -1, zs.shape[-1]).mean(1)
-        losses.append(F.cross_entropy(-torch.cdist(zq, protos) ** 2, ep.y_query[t]))
-    return torch.stack(losses).mean()
-
-
 # --- the benchmark -----------------------------------------------------------------------
 
 def make_maml(device, channels_last=False, task_batching="auto", downsample="pool") -> MAML:
@@ -212,23 +100,6 @@ def make_protonet(device, channels_last=False) -> ProtoNet:
     torch.manual_seed(0)
     m = ProtoNet(Conv4((1, 28, 28)), "classification", 60).to(device)
     return m.to(memory_format=torch.channels_last) if channels_last else m
-
-
-def ours_step(learner, sampler, tasks, opt, generator, channels_last, precision="fp32"):
-    device = next(learner.parameters()).device
-    scaler = grad_scaler(precision, device)
-
-    def step():
-        ep = sampler.sample(tasks, generator)
-        if channels_last:
-            ep = to_channels_last(ep)
-        with autocast(precision, device):
-            loss, _ = learner(ep)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    return step
 
 
 def to_channels_last(ep: Episode) -> Episode:
@@ -253,6 +124,120 @@ def meta_grad_check(device, dtype, sampler, downsample="pool") -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
+def precision_variants(device: torch.device) -> tuple[list[tuple[str, bool, str]], str | None]:
+    """(name, channels_last, precision) rows this device runs, and why bf16 is not one (None
+    when it is): the line ``train.precision=bf16`` would be refused with."""
+    rows = [("metabench", False, "fp32"), ("metabench_channels_last", True, "fp32")]
+    if device.type == "cuda":
+        return rows + [("metabench_bf16", True, "bf16"), ("metabench_fp16", True, "fp16")], None
+    cfg = OmegaConf.create({"train": {"precision": "bf16"}, "device": str(device)})
+    refused = check_precision(cfg, device)
+    if refused:
+        return rows, refused[0]
+    return rows + [("metabench_bf16", False, "bf16"), ("metabench_bf16_channels_last", True,
+                                                       "bf16")], None
+
+
+def presampled(sampler, tasks: int, count: int, channels_last: bool) -> list[Episode]:
+    gen = torch.Generator().manual_seed(0)
+    eps = [sampler.sample(tasks, gen) for _ in range(count)]
+    return [to_channels_last(e) for e in eps] if channels_last else eps
+
+
+def ours_step(learner, next_episode, opt, precision: str = "fp32"):
+    """forward + backward + step on ``next_episode()``: pre-sampled episodes for the step
+    alone, freshly sampled ones end to end."""
+    device = next(learner.parameters()).device
+    scaler = grad_scaler(precision, device)
+
+    def step():
+        ep = next_episode()
+        with autocast(precision, device):
+            loss, _ = learner(ep)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return step
+
+
+def cycle(episodes: list[Episode]):
+    order = iter(range(10**9))
+    return lambda: episodes[next(order) % len(episodes)]
+
+
+def sampling(sampler, tasks: int, channels_last: bool):
+    gen = torch.Generator().manual_seed(0)
+    return lambda: (to_channels_last if channels_last else lambda e: e)(sampler.sample(tasks, gen))
+
+
+def baseline_step(model, maml: bool, next_episode):
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def step():
+        ep = next_episode()
+        loss = baseline_maml_loss(model, ep, 0.4, 1) if maml else baseline_protonet_loss(model, ep)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def it_per_s(step, device, args) -> float:
+    return 1 / statistics.median(timed(step, device, args.warmup, args.repeats))
+
+
+def bench_setting(name, spec, tasks, make, data, pngs, device, args) -> dict:
+    """The step, data and end-to-end rows of one setting."""
+    sampler = data.sampler("train", spec, device)
+    variants, bf16_refused = precision_variants(device)
+    if args.compile and name == "protonet":
+        variants.append(("metabench_compiled", True, "fp32"))
+    if device.type == "cuda" and name.startswith("maml"):
+        variants.append(("metabench_loop", False, "fp32"))
+    row: dict = {"spec": vars(spec), "tasks": tasks, "step": {}, "data": {}, "e2e": {},
+                 "peak_mb": {}, "bf16_refused": bf16_refused}
+    count = args.warmup + args.repeats
+    for variant, cl, precision in variants:
+        kw = {"task_batching": "loop"} if variant == "metabench_loop" else {}
+        reset_peak(device)
+        learner = make(device, cl, **kw)
+        model = torch.compile(learner) if variant == "metabench_compiled" else learner
+        opt = torch.optim.Adam(learner.parameters(), 1e-3)
+        started = time.perf_counter()
+        row["step"][variant] = it_per_s(
+            ours_step(model, cycle(presampled(sampler, tasks, count, cl)), opt, precision),
+            device, args)
+        if variant == "metabench_compiled":  # the warm-up steps include compiling
+            row["compile_and_warmup_s"] = time.perf_counter() - started
+        row["peak_mb"][variant] = peak_mb(device)
+        if variant in ("metabench", "metabench_channels_last"):
+            opt = torch.optim.Adam(learner.parameters(), 1e-3)
+            row["e2e"][variant] = it_per_s(ours_step(model, sampling(sampler, tasks, cl), opt),
+                                           device, args)
+    gen = torch.Generator().manual_seed(0)
+    row["data"]["metabench"] = 1 / statistics.median(
+        timed(lambda: sampler.sample(tasks, gen), device, 2, 20))
+    maml = name.startswith("maml")
+    reset_peak(device)
+    learner = make(device)
+    model = library_network(learner.model if maml else learner.backbone)
+    row["step"]["baseline"] = it_per_s(
+        baseline_step(model, maml, cycle(presampled(sampler, tasks, count, False))), device, args)
+    episodes = loader_episodes(pngs, spec, tasks, device)
+    row["data"]["baseline"] = 1 / statistics.median(
+        timed(lambda: next(episodes), device, 1, args.repeats))
+    row["e2e"]["baseline"] = it_per_s(baseline_step(model, maml, lambda: next(episodes)),
+                                      device, args)
+    row["peak_mb"]["baseline"] = peak_mb(device)
+    fp32 = ("metabench", "metabench_channels_last")
+    row["ratio"] = {
+        "step": max(row["step"][v] for v in fp32) / row["step"]["baseline"],
+        "data": row["data"]["metabench"] / row["data"]["baseline"],
+        "e2e": max(row["e2e"][v] for v in fp32) / row["e2e"]["baseline"]}
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default="../shared/data/omniglot")
@@ -266,14 +251,15 @@ def main() -> None:
     device = torch.device(args.device)
     results: dict = {"device": str(device), "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "machine": platform.machine(),
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                     "native_bf16_cpu": native_bf16_cpu(),
                      "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
-
+    started = time.perf_counter()
     data = load_omniglot(args.root, split="vinyals")
     tmp = tempfile.TemporaryDirectory()
     with zipfile.ZipFile(Path(args.root) / "images_background.zip") as z:
         z.extractall(tmp.name)
     pngs = PngCharacters(Path(tmp.name) / "images_background")
-
     settings = {
         "maml": (EpisodeSpec(5, 1, 15), 32, make_maml),
         "maml_strided": (EpisodeSpec(5, 1, 15), 32,
@@ -281,54 +267,7 @@ def main() -> None:
         "protonet": (EpisodeSpec(60, 5, 5), 1, make_protonet),
     }
     for name, (spec, tasks, make) in settings.items():
-        row: dict = {"spec": vars(spec), "tasks": tasks}
-        sampler = data.sampler("train", spec, device)
-        variants = [("metabench", False, {}, "fp32"),
-                    ("metabench_channels_last", True, {}, "fp32")]
-        if device.type == "cuda":  # mixed precision, and (MAML) the per-task loop against vmap
-            variants += [("metabench_bf16", True, {}, "bf16"), ("metabench_fp16", True, {}, "fp16")]
-            if name.startswith("maml"):
-                variants.append(("metabench_loop", False, {"task_batching": "loop"}, "fp32"))
-        if args.compile and name == "protonet":
-            variants.append(("metabench_compiled", True, {}, "fp32"))
-        for variant, cl, kw, precision in variants:
-            reset_peak(device)
-            learner = make(device, cl, **kw)
-            opt = torch.optim.Adam(learner.parameters(), 1e-3)
-            gen = torch.Generator().manual_seed(0)
-            model = torch.compile(learner) if variant == "metabench_compiled" else learner
-            started = time.perf_counter()
-            times = timed(ours_step(model, sampler, tasks, opt, gen, cl, precision), device,
-                          args.warmup, args.repeats)
-            if variant == "metabench_compiled":  # the warm-up steps include compiling
-                row["compile_and_warmup_s"] = time.perf_counter() - started - sum(times)
-            row[variant] = {"it_per_s": 1 / statistics.median(times),
-                            "peak_mb": peak_mb(device)}
-        # sampling share of a metabench step
-        gen = torch.Generator().manual_seed(0)
-        sample_t = timed(lambda s=sampler, g=gen, n=tasks: s.sample(n, g), device, 2, 20)
-        row["sampling_share"] = statistics.median(sample_t) * row["metabench"]["it_per_s"]
-        # the baseline
-        reset_peak(device)
-        learner = make(device)
-        maml = name.startswith("maml")
-        model = library_network(learner.model if maml else learner.backbone)
-        opt = torch.optim.Adam(model.parameters(), 1e-3)
-        episodes = loader_episodes(pngs, spec, tasks, device)
-
-        def base_step(model=model, opt=opt, episodes=episodes, maml=maml):
-            ep = next(episodes)
-            loss = (baseline_maml_loss(model, ep, 0.4, 1) if maml
-                    else baseline_protonet_loss(model, ep))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        times = timed(base_step, device, args.warmup, args.repeats)
-        row["baseline"] = {"it_per_s": 1 / statistics.median(times), "peak_mb": peak_mb(device)}
-        best = max(row["metabench"]["it_per_s"], row["metabench_channels_last"]["it_per_s"])
-        row["speedup"] = best / row["baseline"]["it_per_s"]
-        results[name] = row
+        results[name] = bench_setting(name, spec, tasks, make, data, pngs, device, args)
 
     maml_sampler = data.sampler("train", EpisodeSpec(5, 1, 15), device)
     for key, downsample in (("maml_meta_grad_rel_diff", "pool"),
@@ -346,23 +285,42 @@ def main() -> None:
     run_episodes(learner, test, 600, 50, 1234)
     sync(device)
     results["protonet_eval_600_episodes_s"] = time.perf_counter() - t
-
+    results["seconds"] = time.perf_counter() - started
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
 
 
+LABELS = {"maml": "MAML 5w1s 2nd-order mb32", "maml_strided": "  strided Conv-4 (paper's)",
+          "protonet": "ProtoNet 60w5s5q"}
+WHAT = {"step": "step (same episodes on the device)", "data": "data (meta-batches/s)",
+        "e2e": "end to end"}
+
+
 def print_table(r: dict) -> None:
-    print(f"device {r['device']} ({r['gpu'] or r['machine']}), torch {r['torch']}, "
-          f"{r['threads']} threads")
-    print(f"{'setting':28s} {'metabench it/s':>15s} {'+channels_last':>15s} {'baseline it/s':>14s}"
-          f" {'speedup':>8s} {'sampling':>9s}")
-    labels = {"maml": "MAML 5w1s 2nd-order mb32", "maml_strided": "  strided Conv-4 (paper's)",
-              "protonet": "ProtoNet 60w5s5q"}
-    for name, label in labels.items():
+    print(f"device {r['device']} ({r['gpu'] or r['machine']}, CPU capability "
+          f"{r['cpu_capability']}, native bf16: {'yes' if r['native_bf16_cpu'] else 'no'}), "
+          f"torch {r['torch']}, {r['threads']} threads; {r['seconds']:.0f} s")
+    print(f"{'setting':27s} {'timed':35s} {'metabench':>10s} {'+chan_last':>10s} "
+          f"{'baseline':>9s} {'ratio':>7s}")
+    for name, label in LABELS.items():
         x = r[name]
-        print(f"{label:28s} {x['metabench']['it_per_s']:15.3f} "
-              f"{x['metabench_channels_last']['it_per_s']:15.3f} {x['baseline']['it_per_s']:14.3f}"
-              f" {x['speedup']:7.2f}x {100 * x['sampling_share']:8.2f}%")
+        for i, what in enumerate(("step", "data", "e2e")):
+            ours = x[what].get("metabench")
+            cl = x[what].get("metabench_channels_last")
+            cl_text = f"{cl:10.3f}" if cl is not None else f"{'-':>10s}"
+            print(f"{label if i == 0 else '':27s} {WHAT[what]:35s} {ours:10.3f} {cl_text} "
+                  f"{x[what]['baseline']:9.3f} {x['ratio'][what]:6.2f}x")
+    print("ratio: metabench's faster fp32 column over the baseline; step and data are the two "
+          "parts of end to end")
+    for name in LABELS:
+        x = r[name]
+        extra = [f"{k.removeprefix('metabench_')} {v:.3f}" for k, v in x["step"].items()
+                 if k not in ("metabench", "metabench_channels_last", "baseline")]
+        if extra:
+            print(f"{name} step it/s: " + ", ".join(extra))
+    refused = r["protonet"]["bf16_refused"]
+    if refused:
+        print(f"bf16 rows: none on this device: {refused}")
     for key, label in (("maml_meta_grad_rel_diff", "MAML"),
                        ("maml_strided_meta_grad_rel_diff", "MAML strided")):
         g = r[key]
@@ -370,23 +328,13 @@ def print_table(r: dict) -> None:
               f"float64 {g['float64']:.2e}")
     print(f"ProtoNet: 600 test episodes (5w1s15q) evaluated in "
           f"{r['protonet_eval_600_episodes_s']:.1f} s")
-    for name in labels:
-        if "metabench_bf16" in r[name]:
-            x = r[name]
-            print(f"{name} channels_last + bf16 {x['metabench_bf16']['it_per_s']:.3f} it/s, "
-                  f"+ fp16 {x['metabench_fp16']['it_per_s']:.3f} it/s")
-    if "metabench_compiled" in r["protonet"]:
-        x = r["protonet"]
-        print(f"protonet channels_last + torch.compile {x['metabench_compiled']['it_per_s']:.3f}"
-              f" it/s (compiling and warm-up: {x['compile_and_warmup_s']:.0f} s)")
-    for name in ("maml", "maml_strided"):
-        if "metabench_loop" in r[name]:
-            print(f"{name} task batching: vmap (auto) {r[name]['metabench']['it_per_s']:.3f} "
-                  f"it/s, per-task loop {r[name]['metabench_loop']['it_per_s']:.3f} it/s")
-    for name in labels:
-        x = r[name]
-        print(f"peak memory {name}: metabench {x['metabench']['peak_mb']:.0f} MB, "
-              f"baseline {x['baseline']['peak_mb']:.0f} MB")
+    if "compile_and_warmup_s" in r["protonet"]:
+        print(f"protonet torch.compile: compiling and warm-up "
+              f"{r['protonet']['compile_and_warmup_s']:.0f} s")
+    for name in LABELS:
+        x = r[name]["peak_mb"]
+        print(f"peak memory {name}: metabench {x['metabench']:.0f} MB, "
+              f"baseline {x['baseline']:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -110,10 +110,12 @@ class Baseline(MetricLearner):
     def logits(self, z_support: Tensor, y_support: Tensor, z_query: Tensor,
                ways: int) -> Tensor:
         """Query logits of a new head per task, fitted on the frozen support features."""
+        # half-precision features (autocast) fitted in float32; float64 stays float64
+        dtype = torch.promote_types(z_support.dtype, torch.float32)
         with torch.autocast(z_support.device.type, enabled=False):
-            p = finetune_head(z_support.float(), y_support, ways, self.head, self.scale,
+            p = finetune_head(z_support.to(dtype), y_support, ways, self.head, self.scale,
                               self.finetune_steps, self.finetune_lr, self.finetune_momentum)
-            return head_logits(z_query.detach().float(), p["weight"], p.get("bias"),
+            return head_logits(z_query.detach().to(dtype), p["weight"], p.get("bias"),
                                self.head, self.scale)
 
     def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:

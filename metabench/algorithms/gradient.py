@@ -27,3 +27,15 @@ def sgd_adapt(loss_fn: Callable[[Params], Tensor], params: Params, steps: int,
             for k, p in params.items()
         }
     return params
+
+
+TASK_BATCHING = ("auto", "loop", "vmap")
+
+
+def check_task_batching(choice: str) -> str:
+    """``choice`` if it is a known ``task_batching`` mode, else the one-line error."""
+    if choice not in TASK_BATCHING:
+        raise ValueError(f"algo.task_batching={choice} is not one of: "
+                         f"{', '.join(TASK_BATCHING)}")
+    return choice
+

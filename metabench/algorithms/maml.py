@@ -2,8 +2,10 @@
 task with SGD steps on the support set, scored on the query set with the adapted weights.
 
 Tasks are adapted one after another (``task_batching=loop``) or all at once with
-``torch.func.vmap`` (``vmap``); both give the same loss and meta-gradients. ``auto`` picks
-vmap for episodes on CUDA and the loop on CPU, where it was measured faster."""
+``torch.func.vmap`` (``vmap``); both give the same loss and meta-gradients, and the same
+evaluation metrics. ``auto`` picks vmap for episodes on CUDA and the loop on CPU, where it was
+measured faster in training and in evaluation alike (the vmapped query forward runs batched
+weights as grouped convolutions: 2-3x slower on CPU; scripts/eval_batching.py)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metabench.algorithms.base import MetaLearner, task_metrics
-from metabench.algorithms.gradient import Params, sgd_adapt
+from metabench.algorithms.gradient import Params, check_task_batching, sgd_adapt
 from metabench.backbones.norms import explicit_batch_stats, query_outputs
 from metabench.episodes import Episode
-
-TASK_BATCHING = ("auto", "loop", "vmap")
 
 
 class MAML(MetaLearner):
@@ -38,9 +38,6 @@ class MAML(MetaLearner):
                 raise ValueError(f"algo.{key}={v} must be a non-negative integer")
         if not isinstance(first_order, bool):
             raise ValueError(f"algo.first_order={first_order} must be true or false")
-        if task_batching not in TASK_BATCHING:
-            raise ValueError(f"algo.task_batching={task_batching} is not one of: "
-                             f"{', '.join(TASK_BATCHING)}")
         out = ways if kind == "classification" else 1
         self.model = nn.Sequential(OrderedDict(backbone=backbone,
                                                head=nn.Linear(backbone.out_dim, out)))
@@ -48,7 +45,7 @@ class MAML(MetaLearner):
         self.inner_steps = inner_steps
         self.eval_inner_steps = eval_inner_steps
         self.first_order = first_order
-        self.task_batching = task_batching
+        self.task_batching = check_task_batching(task_batching)
 
     def inner_lrs(self) -> float | Params:
         """The inner step size; subclasses (Meta-SGD) return learned per-parameter rates."""
@@ -67,8 +64,9 @@ class MAML(MetaLearner):
         return sgd_adapt(support_loss, params, steps, self.inner_lrs(), self.first_order)
 
     def batching_mode(self, device: torch.device | str) -> str:
-        """``loop`` or ``vmap``: how an episode on ``device`` is batched over tasks (``auto``:
-        vmap on CUDA, where it pays off, the loop elsewhere, where it was measured faster)."""
+        """``loop`` or ``vmap``: how an episode on ``device`` is batched over tasks, in training
+        and evaluation alike (``auto``: vmap on CUDA, where it pays off, the loop elsewhere,
+        where it was measured faster in both)."""
         if self.task_batching != "auto":
             return self.task_batching
         return "vmap" if torch.device(device).type == "cuda" else "loop"

@@ -16,6 +16,10 @@ bias-corrected state, whose first steps are sign steps of size ``inner_lr`` on e
 Under ``torchrun`` each rank carries the state of its own tasks (rank 0's is saved).
 
 Evaluation fine-tunes on the support set for ``eval_inner_steps`` and scores the query set.
+``task_batching`` chooses how an evaluation episode's tasks are fine-tuned: one after another
+(``loop``) or all at once with ``torch.func.vmap`` (``vmap``, the loop's result to rounding: the
+same minibatch draws in the same order, every task from the saved Adam state); ``auto`` is vmap
+on every device (on CPU measured faster too: scripts/eval_batching.py). Training always loops.
 Batch norm uses the statistics of each forward call (backbones/norms.py), so how the query
 set is fed decides what its predictions may see: ``transductive=false`` (the default, the
 paper's non-transductive protocol) forwards each query example together with the support set
@@ -36,13 +40,17 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metabench.algorithms.base import MetaLearner, task_metrics
-from metabench.algorithms.gradient import Params
+from metabench.algorithms.gradient import Params, check_task_batching
 from metabench.backbones.norms import explicit_batch_stats, query_outputs
 from metabench.episodes import Episode
 
 INNER_OPTIMIZERS = ("sgd", "adam")
 ADAM_STATES = ("per_task", "carried")
 QUERY_IMAGES_PER_CALL = 2048  # non-transductive scoring: images per forward, bounds memory
+# evaluation's vmap on CPU: tasks per call; more spill the caches (Conv-4, 5-way 1-shot, 2
+# cores: 8 to 25 tasks at once 9 to 11 ms per task and step, 50 at once 14 to 17, the loop 13
+# to 18)
+VMAP_TASKS_CPU = 16
 
 
 class AdamState(NamedTuple):
@@ -52,14 +60,15 @@ class AdamState(NamedTuple):
     t: int
 
 
-def minibatches(n: int, batch: int, steps: int, device: torch.device) -> list[Tensor] | None:
-    """Indices of ``steps`` minibatches of ``batch`` examples out of ``n``, drawn by walking
-    through fresh random permutations (every example once per pass); None for full batch."""
+def minibatches(n: int, batch: int, steps: int, device: torch.device) -> Tensor | None:
+    """Indices [steps, batch] of ``steps`` minibatches of ``batch`` examples out of ``n``, drawn
+    by walking through fresh random permutations (every example once per pass); None for full
+    batch."""
     if batch <= 0 or batch >= n or steps == 0:
         return None
     order = torch.cat([torch.randperm(n, device=device)
                        for _ in range(math.ceil(steps * batch / n))])
-    return [order[i * batch:(i + 1) * batch] for i in range(steps)]
+    return order[:steps * batch].view(steps, batch)
 
 
 class Reptile(MetaLearner):
@@ -70,7 +79,7 @@ class Reptile(MetaLearner):
                  inner_steps: int = 5, eval_inner_steps: int = 50, inner_optimizer: str = "adam",
                  beta1: float = 0.0, beta2: float = 0.999, inner_batch: int = 0,
                  eval_inner_batch: int = 0, transductive: bool = False,
-                 inner_adam_state: str = "per_task"):
+                 inner_adam_state: str = "per_task", task_batching: str = "auto"):
         super().__init__(backbone, kind, ways)
         if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)) or inner_lr <= 0:
             raise ValueError(f"algo.inner_lr={inner_lr} must be a positive number")
@@ -89,6 +98,7 @@ class Reptile(MetaLearner):
                              f"{', '.join(ADAM_STATES)}")
         if not isinstance(transductive, bool):
             raise ValueError(f"algo.transductive={transductive} must be true or false")
+        self.task_batching = check_task_batching(task_batching)
         out = ways if kind == "classification" else 1
         self.model = nn.Sequential(OrderedDict(backbone=backbone,
                                                head=nn.Linear(backbone.out_dim, out)))
@@ -129,6 +139,14 @@ class Reptile(MetaLearner):
         """phi: ``steps`` inner optimiser steps on (x, y) from ``params`` (detached: Reptile
         needs no gradient through the inner loop), on minibatches of ``batch`` (0: all); Adam
         starts from ``state`` (None: fresh) and its final state is returned with phi."""
+        batches = minibatches(x.shape[0], batch, steps, x.device)
+        return self.inner_loop(params, x, y, steps, batches, state)
+
+    def inner_loop(self, params: Params, x: Tensor, y: Tensor, steps: int,
+                   batches: Tensor | None, state: AdamState | None
+                   ) -> tuple[Params, AdamState | None]:
+        """``adapt`` with its minibatch indices [steps, batch] already drawn (None: full
+        batch): a pure function of its inputs, so it can be vmapped over tasks."""
         classification = self.kind == "classification"
 
         def loss_fn(p: Params, xb: Tensor, yb: Tensor) -> Tensor:
@@ -137,7 +155,6 @@ class Reptile(MetaLearner):
 
         grad_fn = torch.func.grad(loss_fn)
         params = {k: v.detach() for k, v in params.items()}
-        batches = minibatches(x.shape[0], batch, steps, x.device)
         if state is None:
             state = AdamState({k: torch.zeros_like(v) for k, v in params.items()},
                               {k: torch.zeros_like(v) for k, v in params.items()}, 0)
@@ -180,12 +197,22 @@ class Reptile(MetaLearner):
     def transductive(self) -> bool:
         return self.norm == "batch" and self.transductive_scoring
 
+    def batching_mode(self, device: torch.device | str) -> str:
+        """``loop`` or ``vmap``: how evaluation adapts an episode's tasks (``auto``: vmap, on
+        CPU too, where it was measured faster: scripts/eval_batching.py). Training always
+        loops: the carried Adam state threads through its tasks in order."""
+        if self.training:
+            return "loop"
+        return "vmap" if self.task_batching == "auto" else self.task_batching
+
     def adapted(self, episode: Episode) -> list[Params]:
         """phi for every task of ``episode`` under the current protocol."""
         theta = dict(self.model.named_parameters())
         steps, batch = ((self.inner_steps, self.inner_batch) if self.training
                         else (self.eval_inner_steps, self.eval_inner_batch))
         start = self.adam_state()
+        if self.batching_mode(episode.x_support.device) == "vmap":
+            return self.adapted_vmap(episode, theta, steps, batch, start)
         phis, state = [], start
         for t in range(episode.tasks):
             # carried: training threads one state through the tasks (the reference code's
@@ -196,6 +223,28 @@ class Reptile(MetaLearner):
             phis.append(phi)
         if self.training and self.carried:
             self.keep_adam_state(state)
+        return phis
+
+    def adapted_vmap(self, episode: Episode, theta: Params, steps: int, batch: int,
+                     start: AdamState | None) -> list[Params]:
+        """Evaluation's phis with the tasks vmapped, the loop's to rounding: every task from
+        ``start``, its minibatch indices drawn first, task by task in the loop's order."""
+        x, y = episode.x_support, episode.y_support
+        draws = [minibatches(x.shape[1], batch, steps, x.device) for _ in range(episode.tasks)]
+        idx = None if draws[0] is None else torch.stack(draws)
+
+        def one_task(xs: Tensor, ys: Tensor, task_idx: Tensor | None) -> Params:
+            return self.inner_loop(theta, xs, ys, steps, task_idx, start)[0]
+
+        # no explicit_batch_stats: the inner loop is first order, where the fused batch norm's
+        # batching rule is exact (and faster)
+        adapt = torch.func.vmap(one_task, in_dims=(0, 0, None if idx is None else 0))
+        chunk = VMAP_TASKS_CPU if x.device.type == "cpu" else episode.tasks
+        phis = []
+        for i in range(0, episode.tasks, chunk):
+            tasks = slice(i, i + chunk)
+            part = adapt(x[tasks], y[tasks], None if idx is None else idx[tasks])
+            phis += [{k: v[t] for k, v in part.items()} for t in range(x[tasks].shape[0])]
         return phis
 
     def predictions(self, episode: Episode, phis: list[Params]) -> Tensor:
