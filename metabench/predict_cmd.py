@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from metabench.console import console, report_error
+from metabench.data.folder import visible
 from metabench.errors import ConfigError, DataError, UserError
 from metabench.files import atomic_write
 from metabench.preprocess import IMAGE_SUFFIXES
@@ -22,24 +23,23 @@ USAGE = ("usage: metabench predict checkpoint=PATH support=DIR query=DIR_OR_FILE
          "  query: a folder of images, or image files separated by commas")
 
 
-def _visible(p: Path) -> bool:
-    return not p.name.startswith(".")
+def _image(p: Path) -> Path:
+    """``p``, refused in one line unless its suffix says it is an image."""
+    if p.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(f"{p} is not an image (expected .png, .jpg or .jpeg files)")
+    return p
 
 
 def _images(folder: Path) -> list[Path]:
-    """The files of ``folder`` (sorted), each one an image by its suffix."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p))
-    for f in files:
-        if f.suffix.lower() not in IMAGE_SUFFIXES:
-            raise DataError(f"{f} is not an image (expected .png, .jpg or .jpeg files)")
-    return files
+    """The visible files of ``folder`` (sorted), each one an image by its suffix."""
+    return [_image(p) for p in sorted(folder.iterdir()) if p.is_file() and visible(p)]
 
 
 def support_set(root: Path) -> tuple[list[Path], list[str]]:
     """Files and labels from ``root/<class>/*``; an empty class is refused."""
     if not root.is_dir():
         raise DataError(f"support={root} is not a folder (expected {root}/<class>/*.png)")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and _visible(p))
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and visible(p))
     if not classes:
         raise DataError(f"support={root} holds no class folders (expected {root}/<class>/*.png)")
     files, labels = [], []
@@ -59,9 +59,7 @@ def query_files(spec: str) -> list[Path]:
         if p.is_dir():
             out += _images(p)
         elif p.is_file():
-            if p.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{p} is not an image (expected .png, .jpg or .jpeg files)")
-            out.append(p)
+            out.append(_image(p))
         else:
             raise DataError(f"query file or folder {p} does not exist")
     if not out:

@@ -26,7 +26,7 @@ from metabench.data.arrays import (
     stats,
     unpack,
 )
-from metabench.data.folder import SUFFIXES, _decode_split
+from metabench.data.folder import SUFFIXES, _decode_split, visible
 from metabench.data.sampler import SPLITS, ImageClasses
 from metabench.data.splits import read_split
 from metabench.errors import DataError
@@ -51,7 +51,7 @@ def _images_folder(root: Path, download: bool, md5: str) -> Path:
 
 
 def _photos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+    return sorted(p for p in folder.iterdir() if p.is_file() and visible(p)
                   and p.suffix.lower() in SUFFIXES)
 
 

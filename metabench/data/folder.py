@@ -30,7 +30,7 @@ CACHE_VERSION = 1
 MIN_PER_CLASS = 2
 
 
-def _visible(p: Path) -> bool:
+def visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
@@ -40,13 +40,13 @@ def _list_split(root: Path, split: str) -> dict[str, list[Path]]:
     if not folder.is_dir():
         raise DataError(f"image folder {root} has no {split}/ folder (expected "
                         f"{root}/{{train,val,test}}/<class>/*.png|jpg)")
-    classes = sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p))
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and visible(p))
     if not classes:
         raise DataError(f"{folder} holds no class folders (expected {folder}/<class>/*.png|jpg)")
     out = {}
     for c in classes:
         files = sorted(p for p in c.iterdir()
-                       if p.is_file() and _visible(p) and p.suffix.lower() in SUFFIXES)
+                       if p.is_file() and visible(p) and p.suffix.lower() in SUFFIXES)
         if not files:
             raise DataError(f"class folder {c} holds no .png/.jpg/.jpeg images")
         if len(files) < MIN_PER_CLASS:
