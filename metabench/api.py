@@ -169,6 +169,6 @@ class AdaptedTask:
 
     def predict(self, queries: Inputs) -> list[Hashable] | Tensor:
         """The predicted label of each query (regression: the predicted values [m, 1])."""
-        if not self.classes:
-            return self.outputs(queries).cpu()
+        if not self.classes:  # a predictive distribution's mean
+            return self.model.learner.point_prediction(self.outputs(queries)).cpu()
         return [self.classes[i] for i in self.outputs(queries).argmax(-1).tolist()]

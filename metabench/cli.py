@@ -321,7 +321,7 @@ def report_cmd(args: list[str]) -> int:
         prog="metabench report",
         description="Compare finished runs and sweeps: one row per setting (seeds grouped), "
                     "unfinished or failed runs listed below; writes report.md, report.csv "
-                    "and the figures val_curves.png and test_results.png.")
+                    "and the figures val_curves.png, test_results.png and reliability.png.")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="run directories or folders of them (sweeps)")
     parser.add_argument("--out", metavar="DIR",

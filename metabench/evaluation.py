@@ -30,8 +30,11 @@ def run_episodes(learner: MetaLearner, sampler, episodes: int, batch: int,
     was_training = learner.training
     learner.eval()
     out: dict[str, list[Tensor]] = {}
-    try:
-        with torch.no_grad():  # gradient-based learners still adapt: torch.func.grad ignores it
+    device = next(learner.parameters()).device
+    try:  # sampling learners (VERSA, PLATIPUS, BMAML) draw the same on every evaluation
+        with (torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda"
+                                                     else [])):
+            torch.manual_seed(seed)  # gradient-based learners still adapt under no_grad
             done = 0
             while done < episodes:
                 n = min(batch, episodes - done)
@@ -50,4 +53,6 @@ def run_episodes(learner: MetaLearner, sampler, episodes: int, batch: int,
 
 
 def summarize(per_episode: dict[str, Tensor]) -> dict[str, tuple[float, float]]:
-    return {k: mean_ci95(v) for k, v in per_episode.items()}
+    """Mean and 95% CI of each per-episode metric [episodes]; per-episode vectors (the
+    reliability bin sums, [episodes, bins]) are pooled elsewhere, not averaged here."""
+    return {k: mean_ci95(v) for k, v in per_episode.items() if v.dim() == 1}

@@ -1,6 +1,7 @@
-"""PNG figures for `metabench report`: validation curves per setting and test results with their
-95% CIs. matplotlib is optional (the `report` extra); without it the report skips the figures
-and says so, and nothing else changes."""
+"""PNG figures for `metabench report`: validation curves per setting, test results with their
+95% CIs, and the reliability diagram of the classification settings. matplotlib is optional
+(the `report` extra); without it the report skips the figures and says so, and nothing else
+changes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from metabench.report import COMPLETE
 
-CURVES, TESTS = "val_curves.png", "test_results.png"
+CURVES, TESTS, RELIABILITY = "val_curves.png", "test_results.png", "reliability.png"
 
 
 def available() -> bool:
@@ -72,10 +73,67 @@ def _draw_tests(ax, chosen: list[dict[str, Any]], metric: str) -> None:
     ax.grid(axis="y", alpha=0.3)
 
 
+def _draw_reliability(ax, hist, g: dict[str, Any], label: str) -> None:
+    """Accuracy against confidence per bin (bars on the bin, a dot at the bin's mean
+    confidence) with the diagonal of perfect calibration; below, the share of queries per bin
+    (what each bin's accuracy rests on)."""
+    rel = g["reliability"]
+    n, total = rel["bins"], rel["queries"]
+    full = [i for i in range(n) if rel["count"][i]]
+    centres, width = [(i + 0.5) / n for i in full], 1.0 / n
+    ax.bar(centres, [rel["accuracy"][i] for i in full], width=width, color="tab:blue",
+           alpha=0.6, edgecolor="tab:blue", label="accuracy")
+    ax.plot([rel["confidence"][i] for i in full], [rel["accuracy"][i] for i in full], "o",
+            color="tab:red", markersize=3, label="at mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="0.3", linewidth=1, label="calibrated")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+    ax.tick_params(labelbottom=False)
+    seeds = f", {rel['runs']} seeds" if rel["runs"] > 1 else ""
+    ax.set_title(f"{label}\nECE {100 * rel['ece']:.2f}% ({total} queries{seeds})", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    hist.bar(centres, [rel["count"][i] / total for i in full], width=width, color="0.6")
+    hist.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)",
+             ylabel="share")
+
+
+def write_reliability(groups: list[dict[str, Any]], out_dir: str | Path) -> Path | None:
+    """``reliability.png``: one panel per finished setting with reliability bins (the
+    classification runs' test queries, seeds pooled: report.pool_reliability), titled with
+    the pooled ECE; None when no setting has bins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [g for g in groups if g["status"] in COMPLETE and g.get("reliability")
+             and g["reliability"]["queries"]]
+    if not shown:
+        return None
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(4.2 * cols, 4.4 * rows), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1] * rows})
+    for k, (g, label) in enumerate(zip(shown, _labels(shown), strict=True)):
+        r, c = divmod(k, cols)
+        _draw_reliability(axes[2 * r, c], axes[2 * r + 1, c], g, label)
+    for k in range(len(shown), rows * cols):
+        r, c = divmod(k, cols)
+        axes[2 * r, c].set_visible(False)
+        axes[2 * r + 1, c].set_visible(False)
+    fig.suptitle("test reliability (15 bins, seeds pooled)", fontsize=10)
+    fig.tight_layout()
+    path = Path(out_dir) / RELIABILITY
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_figures(groups: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Draw ``val_curves.png`` (one line per setting, seeds averaged) and ``test_results.png``
     (test mean per setting with its 95% CI as an error bar) under ``out_dir``; one panel per
-    metric (accuracy, MSE) present. Returns the files written (none when nothing to draw)."""
+    metric (accuracy, MSE) present; and ``reliability.png`` (write_reliability) when a setting
+    has reliability bins. Returns the files written (none when nothing to draw)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,4 +162,5 @@ def write_figures(groups: list[dict[str, Any]], out_dir: str | Path) -> list[Pat
         written.append(out_dir / filename)
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
-    return written
+    reliability = write_reliability(groups, out_dir)
+    return written + ([reliability] if reliability else [])

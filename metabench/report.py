@@ -22,8 +22,12 @@ from metabench.locking import owner_alive, read_owner
 SKIP_DIRS = {".hydra", "wandb", ".submitit"}
 KEY = ("algo", "data", "backbone", "ways", "shots", "protocol")
 COMPLETE = ("finished", "untested")  # training finished: aggregated by setting
+#: uncertainty metrics a results.json may hold (metabench/uncertainty.py), each with ``_ci95``;
+#: classification: nll, ece; a regression learner with a predictive variance: nll, coverage90
+UNCERTAINTY = ("nll", "ece", "coverage90")
 CSV_FIELDS = ("run", "status", "algo", "data", "backbone", "ways", "shots", "seed", "iterations",
-              "seconds", "metric", "best_val", "test_mean", "test_ci95", "episodes", "protocol",
+              "seconds", "metric", "best_val", "test_mean", "test_ci95", "nll", "nll_ci95", "ece",
+              "ece_ci95", "coverage90", "coverage90_ci95", "episodes", "protocol",
               "transductive", "norm", "test_seed", "error")
 
 
@@ -96,6 +100,55 @@ def protocol_label(results: dict[str, Any]) -> str:
     return f"{kind} (norm={results.get('norm', '?')})"
 
 
+def _uncertainty(results: dict[str, Any] | None) -> dict[str, float | None]:
+    """``nll``, ``ece``, ``coverage90`` and their ``_ci95`` from a result; None where it has
+    none (a result from before they were recorded, a learner without a predictive variance)."""
+    keys = [k + s for k in UNCERTAINTY for s in ("", "_ci95")]
+    return {k: _number(results.get(k)) if results else None for k in keys}
+
+
+def _reliability(results: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result's reliability bins ({bins, count, accuracy, confidence}), None when missing or
+    malformed: lists of ``bins`` entries, counts whole and >= 0, a number where a bin is full."""
+    r = results.get("reliability") if results else None
+    if not isinstance(r, dict) or not isinstance(r.get("bins"), int) or r["bins"] < 1:
+        return None
+    lists = [r.get(k) for k in ("count", "accuracy", "confidence")]
+    if not all(isinstance(v, list) and len(v) == r["bins"] for v in lists):
+        return None
+    count, acc, conf = lists
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in count):
+        return None
+    if any(c > 0 and (_number(a) is None or _number(f) is None)
+           for c, a, f in zip(count, acc, conf, strict=True)):
+        return None
+    return {"bins": r["bins"], "count": count, "accuracy": acc, "confidence": conf}
+
+
+def pool_reliability(bins: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The reliability diagram of several runs' test queries together (a setting's seeds):
+    per bin the summed count and the count-weighted accuracy and confidence (None for an empty
+    bin), and the ECE of the pooled bins (sum of count x |accuracy - confidence| over all
+    queries). Runs whose bin count differs from the first one's are left out; None for none."""
+    given = [b for b in bins if b is not None]
+    if not given:
+        return None
+    n = given[0]["bins"]
+    given = [b for b in given if b["bins"] == n]
+    count = [sum(b["count"][i] for b in given) for i in range(n)]
+
+    def weighted(key: str) -> list[float | None]:
+        return [None if count[i] == 0 else
+                sum(b["count"][i] * b[key][i] for b in given if b["count"][i]) / count[i]
+                for i in range(n)]
+
+    acc, conf = weighted("accuracy"), weighted("confidence")
+    total = sum(count)
+    gap = sum(c * abs(a - f) for c, a, f in zip(count, acc, conf, strict=True) if c)
+    return {"bins": n, "count": count, "accuracy": acc, "confidence": conf,
+            "ece": gap / total if total else None, "queries": total, "runs": len(given)}
+
+
 def read_run(path: str | Path) -> dict[str, Any]:
     """One run directory as a flat row: setting, status, time, best val, test result, val curve."""
     path = Path(path)
@@ -144,6 +197,7 @@ def read_run(path: str | Path) -> dict[str, Any]:
         "metric": metric, "best_val": best,
         "test_mean": _number(results.get("mean")) if results else None,
         "test_ci95": _number(results.get("ci95")) if results else None,
+        **_uncertainty(results), "reliability": _reliability(results),
         "episodes": results.get("episodes") if results else None,
         "protocol": protocol_label(results) if results else "-",
         "transductive": results.get("transductive") if results else None,
@@ -231,8 +285,8 @@ def _job_row(master: dict[str, Any], job: list[str], num: int, label: str, where
     run = f"{where} (job {num}{': ' + label if label else ''})"
     return {"run": run, "status": status, **setting, "iterations": None, "seconds": None,
             "metric": None, "best_val": None, "test_mean": None, "test_ci95": None,
-            "episodes": None, "protocol": "-", "transductive": None, "norm": None,
-            "test_seed": None, "val_curve": [], "error": None}
+            **_uncertainty(None), "reliability": None, "episodes": None, "protocol": "-",
+            "transductive": None, "norm": None, "test_seed": None, "val_curve": [], "error": None}
 
 
 def collect(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
@@ -256,9 +310,23 @@ def _sort_key(values: Iterable[Any]) -> tuple:
     return tuple((v is None, str(type(v)), v if v is not None else 0) for v in values)
 
 
+def _uncertainty_means(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per uncertainty metric: the mean over the seeds that recorded it, the mean of their
+    CIs, and how many seeds that was (``<key>_seeds``); the seeds' pooled reliability bins."""
+    out: dict[str, Any] = {}
+    for k in UNCERTAINTY:
+        have = [r for r in runs if r.get(k) is not None]
+        out[k] = _mean([r[k] for r in have])
+        out[f"{k}_ci95"] = _mean([r[f"{k}_ci95"] for r in have if r.get(f"{k}_ci95") is not None])
+        out[f"{k}_seeds"] = len(have)
+    out["reliability"] = pool_reliability(r.get("reliability") for r in runs)
+    return out
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (algo, data, backbone, ways, shots) over runs whose training finished:
-    seed count, mean test mean and its sample std across seeds, mean CI95, mean best val.
+    seed count, mean test mean and its sample std across seeds, mean CI95, mean best val, the
+    uncertainty metrics' means over seeds and the seeds' pooled reliability bins.
     Unfinished and failed runs each get their own entry (``runs`` = that one run)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
@@ -280,14 +348,15 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seconds": _mean(secs), "best_val": _mean(bests),
             "test_mean": _mean(tests),
             "test_std": statistics.stdev(tests) if len(tests) > 1 else None,  # one seed: no sd
-            "test_ci95": _mean(cis), "runs": runs,
+            "test_ci95": _mean(cis), **_uncertainty_means(runs), "runs": runs,
         })
     for r in rows:
         if r["status"] not in COMPLETE:
             out.append({**{k: r.get(k) for k in KEY}, "status": r["status"], "metric": r["metric"],
                         "seeds": 1, "tested": 0, "iterations": [r["iterations"]],
                         "seconds": r["seconds"], "best_val": r["best_val"], "test_mean": None,
-                        "test_std": None, "test_ci95": None, "runs": [r]})
+                        "test_std": None, "test_ci95": None, **_uncertainty_means([]),
+                        "runs": [r]})
     return out
 
 

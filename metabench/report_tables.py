@@ -40,8 +40,30 @@ def _s(v: Any) -> str:
 
 
 GROUP_COLUMNS = ("algo", "data", "backbone", "ways", "shots", "protocol", "seeds", "iterations",
-                 "time",
-                 "best val", "test mean +- 95% CI")
+                 "time", "best val", "test mean +- 95% CI", "NLL", "ECE / cov90")
+#: report.md's uncertainty columns, with their (mean) 95% CIs
+MD_UNCERTAINTY = ("NLL +- 95% CI", "ECE / cov90 +- 95% CI")
+
+
+def _metric_cell(x: dict[str, Any], key: str, fmt: str, prefix: str, show_ci: bool) -> str:
+    if x.get(key) is None:
+        return "-"
+    cell = prefix + fmt.format(x[key])
+    if show_ci and x.get(f"{key}_ci95") is not None:
+        cell += " +- " + fmt.format(x[f"{key}_ci95"])
+    if x.get(f"{key}_seeds", 0) < x.get("tested", 0):  # a setting some seeds of which lack it
+        cell += f" ({x[f'{key}_seeds']}/{x['tested']})"
+    return cell
+
+
+def _uncertainty_cells(x: dict[str, Any], show_ci: bool) -> list[str]:
+    """``NLL`` and ``ECE / cov90`` of a run or a setting: the test NLL (4 decimals); the ECE
+    (classification) or the 90% interval's coverage (a regression learner with a predictive
+    variance) in percent; ``-`` where not recorded. A setting whose seeds did not all record
+    a metric says over how many of its tested seeds the mean is, e.g. ``(2/3)``."""
+    second = ("ece", "ECE ") if x.get("ece") is not None else ("coverage90", "cov ")
+    return [_metric_cell(x, "nll", "{:.4f}", "", show_ci),
+            _metric_cell(x, second[0], "{:.2%}", second[1], show_ci)]
 
 
 def _group_cells(g: dict[str, Any]) -> list[str]:
@@ -54,7 +76,8 @@ def _run_cells(r: dict[str, Any]) -> list[str]:
     test = ("-" if r["test_mean"] is None
             else f"{fmt_value(r['test_mean'], m)} +- {fmt_value(r['test_ci95'], m)}")
     return [r["run"], r["status"], *(_s(r[k]) for k in KEY), _s(r["seed"]),
-            _s(r["iterations"]), _secs(r["seconds"]), fmt_value(r["best_val"], m), test]
+            _s(r["iterations"]), _secs(r["seconds"]), fmt_value(r["best_val"], m), test,
+            *_uncertainty_cells(r, show_ci=True)]
 
 
 def protocol_warning(groups: list[dict[str, Any]]) -> str | None:
@@ -89,13 +112,22 @@ def write_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
     md = ["# metabench report", "",
           f"{len(rows)} runs: {len(complete)} settings with finished training, "
           f"{len(pending)} runs unfinished or failed.", "", "## Settings", "",
-          _md_table((*GROUP_COLUMNS, "test sd across seeds"),
-                    ([*_group_cells(g), fmt_value(g["test_std"], g["metric"])]
-                     for g in complete)), "",
+          _md_table((*GROUP_COLUMNS[:-2], "test sd across seeds", *MD_UNCERTAINTY),
+                    ([*_group_cells(g), fmt_value(g["test_std"], g["metric"]),
+                      *_uncertainty_cells(g, show_ci=True)] for g in complete)), "",
           "Test mean: the mean over seeds of each run's test mean; 95% CI: the mean of their "
           "CIs; sd: the sample standard deviation of the test means across seeds. Protocol: "
           "transductive when a query's prediction depends on the other queries of its "
-          "episode (batch statistics), with the norm mode.", ""]
+          "episode (batch statistics), with the norm mode. NLL: the test negative "
+          "log-likelihood per query; ECE (classification): the expected calibration error "
+          "over 15 confidence bins, per episode; cov (regression with a predictive variance): "
+          "the share of queries inside the 90% predictive interval (90% when calibrated). "
+          "Each is averaged over episodes, then over the seeds that recorded it ((n/m): n of "
+          "m tested seeds), with the mean of the seeds' CIs; `-`: not recorded (an older "
+          "result, a learner without a predictive variance). The reliability diagram "
+          "(reliability.png) pools the bins of every episode and seed; its ECE is usually "
+          "lower than the per-episode mean, which a few queries per episode bias upwards.",
+          ""]
     warning = protocol_warning(complete)
     if warning:
         md += [f"**{warning}**", ""]
@@ -106,7 +138,7 @@ def write_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
                           for g in pending)), ""]
     md += ["## All runs", "",
            _md_table(("run", "status", *KEY, "seed", "iterations", "time", "best val",
-                      "test mean +- 95% CI"), map(_run_cells, rows)), ""]
+                      "test mean +- 95% CI", *MD_UNCERTAINTY), map(_run_cells, rows)), ""]
     md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
     md_path.write_text("\n".join(md))
     with csv_path.open("w", newline="") as f:
@@ -122,12 +154,13 @@ def print_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
     """A rich table of the settings, then the unfinished/failed runs with their status."""
     console = console or Console()
     table = Table(title=title, pad_edge=False,
-                  caption="test: mean over seeds, +- mean 95% CI; seed sd in report.md")
+                  caption="test: mean over seeds, +- mean 95% CI; NLL, ECE / cov90: mean "
+                          "over seeds; their CIs and the seed sd in report.md")
     for col in GROUP_COLUMNS:
         table.add_column(col, justify="right" if col in ("ways", "shots", "seeds") else "left")
     for g in groups:
         if g["status"] in COMPLETE:
-            table.add_row(*_group_cells(g))
+            table.add_row(*_group_cells(g), *_uncertainty_cells(g, show_ci=False))
     console.print(table)
     warning = protocol_warning([g for g in groups if g["status"] in COMPLETE])
     if warning:

@@ -43,6 +43,7 @@ from metabench.evaluation import run_episodes, summarize
 from metabench.files import atomic_write, atomic_write_json
 from metabench.loggers import JsonlLogger, Logger, MultiLogger, WandbLogger
 from metabench.loop import LoopSettings, fit
+from metabench.uncertainty import UNCERTAINTY_KEYS, pooled_reliability
 
 
 def prepare(cfg: DictConfig, splits: tuple[str, ...], world: World = distributed.SINGLE
@@ -292,6 +293,12 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
         "seed": int(cfg.seed), "step": int(blob["step"]), "checkpoint": str(checkpoint),
         **protocol(cfg, learner),
     }
+    for name in UNCERTAINTY_KEYS:  # classification: nll, ece; a predictive variance: nll, coverage
+        if name in summary:
+            results[name], results[f"{name}_ci95"] = summary[name]
+    reliability = pooled_reliability(per)
+    if reliability is not None:
+        results["reliability"] = reliability
     pre = f"pre_{key}"
     if pre in summary:  # e.g. MAML: the same episodes before adaptation
         results["pre_adaptation_mean"], results["pre_adaptation_ci95"] = summary[pre]
@@ -314,6 +321,7 @@ def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any],
         wb.summary({f"test/{results['metric']}": results["mean"],
                     f"test/{results['metric']}_ci95": results["ci95"],
                     "test/episodes": results["episodes"],
+                    **{f"test/{k}": results[k] for k in UNCERTAINTY_KEYS if k in results},
                     **{f"protocol/{k}": v for k, v in protocol(cfg, learner).items()}})
         wb.close()
     return results

@@ -24,7 +24,8 @@ PAIRS = {p.stem for p in (CONFIGS / "algo_data").glob("*.yaml")}
 # the protocol each family's reference code evaluates with (backbone.norm, transductive)
 PROTOCOL = {"protonet": "running", "baseline": "running", "relation": "batch",
             "matching": "batch", "snail": "batch", "maml": "batch", "metasgd": "batch",
-            "anil": "batch", "reptile": "batch"}
+            "anil": "batch", "reptile": "batch", "versa": "batch", "platipus": "batch",
+            "bmaml": "batch"}
 PAPER_EPISODES = {"protonet": 1000, "relation": 1000, "reptile": 10000}
 
 

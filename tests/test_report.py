@@ -1,5 +1,6 @@
 """`metabench report` on run directories written by hand: discovery, status, seed grouping
-(mean, sample std), report.md / report.csv, and the CLI's exit codes."""
+(mean, sample std), the uncertainty columns and the reliability diagram, report.md / report.csv,
+and the CLI's exit codes."""
 
 from __future__ import annotations
 
@@ -14,17 +15,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metabench.report import aggregate, find_runs, read_run, write_report
+from metabench.report import aggregate, find_runs, pool_reliability, read_run, write_report
 
 
 def make_run(root: Path, name: str, *, shots: int = 1, seed: int = 0, kind: str = "accuracy",
              summary: bool = True, test: float | None = None, ci: float = 0.01,
              metrics: list[dict] | None = None, tail: str = "",
-             protocol: dict | None = None) -> Path:
+             protocol: dict | None = None, extra: dict | None = None,
+             algo: str = "protonet") -> Path:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     classification = kind == "accuracy"
-    cfg = {"algo": {"name": "protonet"},
+    cfg = {"algo": {"name": algo},
            "data": {"name": "synthetic" if classification else "sinusoid",
                     "kind": "classification" if classification else "regression",
                     "ways": 5 if classification else 1, "shots": shots},
@@ -42,7 +44,7 @@ def make_run(root: Path, name: str, *, shots: int = 1, seed: int = 0, kind: str 
         (run / "checkpoints").mkdir()
         (run / "checkpoints" / "results.json").write_text(json.dumps(
             {"metric": kind, "mean": test, "ci95": ci, "episodes": 50, "ways": 5,
-             "shots": shots, **(protocol or {})}))
+             "shots": shots, **(protocol or {}), **(extra or {})}))
     return run
 
 
@@ -212,3 +214,144 @@ def test_rows_of_different_protocols_are_kept_apart_and_flagged(tmp_path: Path):
     same = [r for r in rows if r["norm"] == "batch"]
     md = write_report(same, aggregate(same), tmp_path / "same")[0].read_text()
     assert "Protocols differ" not in md
+
+
+def rel(count: list[int], acc: list, conf: list) -> dict:
+    return {"bins": len(count), "count": count, "accuracy": acc, "confidence": conf,
+            "ece": 0.0}
+
+
+A_BINS = rel([0, 2, 2], [None, 0.5, 1.0], [None, 0.6, 0.9])
+B_BINS = rel([1, 0, 2], [1.0, None, 0.5], [0.3, None, 0.8])
+
+
+def test_pool_reliability_sums_counts_and_weights_by_count():
+    pooled = pool_reliability([A_BINS, None, B_BINS])
+    assert pooled["count"] == [1, 2, 4] and pooled["queries"] == 7 and pooled["runs"] == 2
+    assert pooled["accuracy"] == [1.0, 0.5, pytest.approx(0.75)]
+    assert pooled["confidence"] == [0.3, 0.6, pytest.approx(0.85)]
+    assert pooled["ece"] == pytest.approx((1 * 0.7 + 2 * 0.1 + 4 * 0.1) / 7)
+    assert pool_reliability([None]) is None
+    assert pool_reliability([A_BINS, rel([5], [1.0], [0.9])])["runs"] == 1  # other bins: left out
+    empty = pool_reliability([rel([0, 0], [None, None], [None, None])])
+    assert empty["accuracy"] == [None, None] and empty["ece"] is None
+
+
+def test_pooled_bins_of_two_runs_are_the_bins_of_all_their_queries():
+    """Pooling two runs' results.json bins (rounded floats) gives what the shared scoring
+    (metabench/uncertainty.py) computes over both runs' episodes at once."""
+    import torch
+
+    from metabench.uncertainty import calibration, pooled_reliability
+
+    g = torch.Generator().manual_seed(0)
+    runs = []
+    for _ in range(2):
+        probs = torch.softmax(3 * torch.randn(6, 20, 5, generator=g, dtype=torch.float64), -1)
+        target = torch.randint(0, 5, (6, 20), generator=g)
+        runs.append(calibration(probs, target))
+    both = pooled_reliability({k: torch.cat([r[k] for r in runs]) for k in runs[0]})
+    mine = pool_reliability(json.loads(json.dumps(pooled_reliability(r))) for r in runs)
+    assert mine["count"] == both["count"] and sum(both["count"]) == 240
+    for key in ("accuracy", "confidence"):
+        assert [a is None for a in mine[key]] == [b is None for b in both[key]]
+        assert [a for a in mine[key] if a is not None] == pytest.approx(
+            [b for b in both[key] if b is not None], abs=1e-12)
+    assert mine["ece"] == pytest.approx(both["ece"], abs=1e-12)
+
+
+def uncertain(nll: float, second: str, value: float, reliability: dict | None = None) -> dict:
+    out = {"nll": nll, "nll_ci95": abs(nll) / 10, second: value, f"{second}_ci95": value / 10}
+    return {**out, "reliability": reliability} if reliability else out
+
+
+@pytest.fixture
+def uncertainty_runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    make_run(root, "0_cls", seed=0, test=0.9, metrics=curve(0.9),
+             extra=uncertain(0.30, "ece", 0.04, A_BINS))
+    make_run(root, "1_cls", seed=1, test=0.8, metrics=curve(0.8),
+             extra=uncertain(0.50, "ece", 0.08, B_BINS))
+    make_run(root, "2_old", shots=5, seed=0, test=0.95, metrics=curve(0.9))  # before NLL/ECE
+    make_run(root, "3_old", shots=5, seed=1, test=0.97, metrics=curve(0.9),
+             extra=uncertain(0.10, "ece", 0.02))  # one seed of two has them
+    make_run(root, "4_var", kind="mse", algo="alpaca", test=0.2,
+             metrics=[{"step": 10, "val/loss": 0.3}], extra=uncertain(-0.25, "coverage90", 0.875))
+    make_run(root, "5_maml", kind="mse", algo="maml", test=0.3,
+             metrics=[{"step": 10, "val/loss": 0.3}])  # no predictive variance
+    return root
+
+
+def test_uncertainty_values_per_run_and_setting(uncertainty_runs: Path):
+    rows = {Path(r["run"]).name: r for r in map(read_run, find_runs([uncertainty_runs]))}
+    assert (rows["0_cls"]["nll"], rows["0_cls"]["ece"], rows["0_cls"]["coverage90"]) == (
+        0.30, 0.04, None)
+    assert rows["0_cls"]["reliability"]["count"] == [0, 2, 2]
+    assert rows["2_old"]["nll"] is None and rows["2_old"]["reliability"] is None
+    assert (rows["4_var"]["nll"], rows["4_var"]["coverage90"], rows["4_var"]["ece"]) == (
+        -0.25, 0.875, None)
+    assert rows["5_maml"]["nll"] is None and rows["5_maml"]["coverage90"] is None
+    groups = {(g["algo"], g["shots"]): g for g in aggregate(list(rows.values()))}
+    one = groups[("protonet", 1)]
+    assert one["nll"] == pytest.approx(0.40) and one["ece"] == pytest.approx(0.06)
+    assert one["nll_ci95"] == pytest.approx(0.04) and one["nll_seeds"] == 2
+    assert one["reliability"]["count"] == [1, 2, 4]  # the seeds' bins pooled
+    five = groups[("protonet", 5)]
+    assert five["nll"] == pytest.approx(0.10) and (five["nll_seeds"], five["tested"]) == (1, 2)
+    assert five["reliability"] is None
+    broken = {"nll": "nan?", "ece": float("inf"), "reliability": {**A_BINS, "count": [0, 2]}}
+    bad = read_run(make_run(uncertainty_runs, "6_bad", test=0.9, extra=broken))
+    assert (bad["nll"], bad["ece"], bad["reliability"]) == (None, None, None)
+    no_acc = {"reliability": {**A_BINS, "accuracy": [None, None, 1.0]}}  # a full bin without
+    assert read_run(make_run(uncertainty_runs, "7_bad", test=0.9, extra=no_acc))[
+        "reliability"] is None
+
+
+def test_uncertainty_columns_in_report_md_csv_and_table(uncertainty_runs: Path, tmp_path: Path):
+    from rich.console import Console
+
+    from metabench.report import print_report
+
+    rows = [read_run(r) for r in find_runs([uncertainty_runs])]
+    groups = aggregate(rows)
+    md, csv_path = write_report(rows, groups, tmp_path / "out")
+    text = md.read_text()
+    assert "| NLL +- 95% CI | ECE / cov90 +- 95% CI |" in text
+    assert "| 85.00% +- 1.00% | 7.07% | 0.4000 +- 0.0400 | ECE 6.00% +- 0.60% |" in text
+    assert "| 0.1000 +- 0.0100 (1/2) | ECE 2.00% +- 0.20% (1/2) |" in text  # 5-shot setting
+    assert "| 0.2000 +- 0.0100 | - | -0.2500 +- 0.0250 | cov 87.50% +- 8.75% |" in text
+    assert "| 0.3000 +- 0.0100 | - | - | - |" in text  # MAML: no variance, no NLL
+    assert "2_old | finished |" in text and text.split("2_old | finished |")[1].splitlines()[
+        0].endswith("| 95.00% +- 1.00% | - | - |")
+    table = {Path(r["run"]).name: r for r in csv.DictReader(csv_path.open())}
+    assert float(table["0_cls"]["nll"]) == 0.30 and float(table["0_cls"]["ece_ci95"]) == 0.004
+    assert table["0_cls"]["coverage90"] == "" and table["2_old"]["nll"] == ""
+    assert float(table["4_var"]["coverage90"]) == 0.875 and table["4_var"]["ece"] == ""
+    console = Console(record=True, width=250)
+    print_report(rows, groups, console=console)
+    lines = console.export_text().splitlines()
+    header = next(ln for ln in lines if "test mean +- 95% CI" in ln)
+    assert "NLL" in header and "ECE / cov90" in header
+    cells = {(c[0], c[4]): c[-2:] for c in ([x.strip() for x in ln.split("│")[1:-1]]
+                                            for ln in lines if ln.startswith("│"))}
+    assert cells == {("protonet", "1"): ["0.4000", "ECE 6.00%"],
+                     ("protonet", "5"): ["0.1000 (1/2)", "ECE 2.00% (1/2)"],
+                     ("alpaca", "1"): ["-0.2500", "cov 87.50%"], ("maml", "1"): ["-", "-"]}
+
+def test_reliability_figure_is_written_for_classification_settings(uncertainty_runs: Path,
+                                                                   tmp_path: Path, capsys):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from metabench import cli
+    from metabench.figures import RELIABILITY, write_reliability
+
+    assert cli.main(["report", str(uncertainty_runs)]) == 0
+    figures = capsys.readouterr().out.split("figures: ")[1].split(", ")
+    assert figures[-1].strip() == str(uncertainty_runs / RELIABILITY)
+    assert Image.open(figures[-1].strip()).size == (462, 484)  # one setting with bins: 4.2 x 4.4 in
+    rows = [read_run(r) for r in find_runs([uncertainty_runs])]
+    two = [*rows, {**read_run(uncertainty_runs / "0_cls"), "shots": 3}]
+    assert Image.open(write_reliability(aggregate(two), tmp_path)).size == (924, 484)
+    old = [r for r in rows if r["reliability"] is None]
+    assert write_reliability(aggregate(old), tmp_path / "old") is None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metabench.episodes import Episode
+from metabench.uncertainty import calibration, gaussian_mixture_metrics, mixture_mean
 
 
 def task_metrics(pred: Tensor, target: Tensor, classification: bool) -> dict[str, Tensor]:
@@ -31,6 +33,10 @@ class MetaLearner(nn.Module):
     kinds: tuple[str, ...] = ("classification", "regression")
     #: the ``backbone.norm`` modes the learner can evaluate under (backbones/norms.py)
     norms: tuple[str, ...] = ("batch", "running", "support", "none")
+    #: regression only: ``predict`` gives a predictive distribution per query, [T, m, S, 2]
+    #: (S equally weighted Gaussian components: mean, variance; metabench/uncertainty.py),
+    #: scored by its mean's MSE, its NLL and its 90% interval's coverage
+    predicts_variance: bool = False
 
     def __init__(self, backbone: nn.Module, kind: str, ways: int):
         super().__init__()
@@ -58,10 +64,28 @@ class MetaLearner(nn.Module):
 
     def probabilities(self, pred: Tensor) -> Tensor:
         """Class probabilities [..., ways] from ``predict``'s output (logits here)."""
-        return pred.float().softmax(-1)
+        return pred.to(torch.promote_types(pred.dtype, torch.float32)).softmax(-1)
+
+    def point_prediction(self, pred: Tensor) -> Tensor:
+        """Regression values [..., m, 1] from ``predict``'s output (a mixture's mean)."""
+        return mixture_mean(pred) if self.predicts_variance else pred
+
+    def uncertainty(self, pred: Tensor, episode: Episode) -> dict[str, Tensor]:
+        """Evaluation's uncertainty metrics of ``predict``'s output, per task: NLL, ECE and
+        reliability bin sums of ``probabilities`` for classification (every learner)."""
+        if not episode.is_classification:
+            return {}
+        return calibration(self.probabilities(pred), episode.y_query)
 
     def scored(self, pred: Tensor, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
-        metrics = task_metrics(pred, episode.y_query, episode.is_classification)
+        """The mean loss and the per-task metrics of query predictions; in evaluation with
+        the uncertainty metrics too."""
+        if self.predicts_variance:
+            metrics = gaussian_mixture_metrics(pred, episode.y_query)
+        else:
+            metrics = task_metrics(pred, episode.y_query, episode.is_classification)
+            if not self.training:
+                metrics.update(self.uncertainty(pred.detach(), episode))
         return metrics["loss"].mean(), metrics
 
     def predict(self, episode: Episode) -> Tensor:  # pragma: no cover

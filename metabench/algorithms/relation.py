@@ -112,4 +112,7 @@ class RelationNet(MetaLearner):
         target = F.one_hot(episode.y_query, episode.ways).to(scores.dtype)
         loss = ((scores - target) ** 2).flatten(1).mean(1)
         acc = (scores.argmax(-1) == episode.y_query).float().mean(1)
-        return loss.mean(), {"loss": loss, "acc": acc}
+        metrics = {"loss": loss, "acc": acc}
+        if not self.training:
+            metrics.update(self.uncertainty(scores.detach(), episode))
+        return loss.mean(), metrics

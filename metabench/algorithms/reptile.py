@@ -260,10 +260,9 @@ class Reptile(MetaLearner):
 
     def forward(self, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
         phis = self.adapted(episode)
-        metrics = task_metrics(self.predictions(episode, phis), episode.y_query,
-                               episode.is_classification)
+        loss, metrics = self.scored(self.predictions(episode, phis), episode)
         if not self.training:
-            return metrics["loss"].mean(), metrics
+            return loss, metrics
         theta = dict(self.model.named_parameters())
         surrogate = torch.stack([
             sum(0.5 * ((theta[k] - phi[k]) ** 2).sum() for k in theta) for phi in phis])
