@@ -62,8 +62,10 @@ def explicit_log_posterior(learner: BMAML, theta: torch.Tensor, x, y) -> torch.T
         lp = -F.cross_entropy(out, y, reduction="sum")
     else:
         log_g = p["log_gamma"][0] if "log_gamma" in p else math.log(NOISE_PRECISION)
-        lp = (0.5 * log_g - 0.5 * torch.as_tensor(log_g).exp() * (out - y) ** 2).sum()
-    lp = lp + 0.5 * learner.n_weights * log_l - 0.5 * torch.as_tensor(log_l).exp() * w2
+        gamma = torch.as_tensor(log_g, dtype=torch.float64).exp()
+        lp = (0.5 * log_g - 0.5 * gamma * (out - y) ** 2).sum()
+    lam = torch.as_tensor(log_l, dtype=torch.float64).exp()
+    lp = lp + 0.5 * learner.n_weights * log_l - 0.5 * lam * w2
     if "log_lambda" in p:
         lp = lp + 2.0 * log_l - 2.0 * log_l.exp()  # a_lambda = b_lambda = 2
     if "log_gamma" in p:
@@ -98,9 +100,10 @@ def precision_scale(learner: BMAML) -> torch.Tensor:
                       for k, p in learner.initial().items()])
 
 
-@pytest.mark.parametrize("kind,kw", [("classification", {}),
-                                     ("regression", {"learn_precisions": True,
-                                                     "precision_lr_scale": 0.3})])
+@pytest.mark.parametrize("kind,kw", [
+    ("classification", {}), ("regression", {}),  # fixed lambda (and gamma)
+    ("classification", {"learn_precisions": True}),  # log lambda learned
+    ("regression", {"learn_precisions": True, "precision_lr_scale": 0.3})])
 def test_one_particle_svgd_is_gradient_ascent_on_the_log_posterior(kind, kw):
     learner = make(kind, particles=1, inner_lr=1e-3, **kw)
     ep = tiny_episode() if kind == "classification" else regression_episode()
@@ -279,7 +282,9 @@ def test_bmaml_learns_synthetic(tmp_path, cfg_factory):
     from learning import train_and_compare
 
     before, after = train_and_compare(cfg_factory, tmp_path, *SYNTHETIC)
-    assert after >= 0.6, (before, after)  # chance 0.2
+    # 8 runs (seeds 0-3 x kernels AVX2, DEFAULT): after 0.798 +- 0.012 (min 0.783), gap
+    # 0.513 +- 0.012 (min 0.493); thresholds min - 0.13 and min - 0.14 (about mean - 12 sd)
+    assert after >= 0.65, (before, after)  # chance 0.2
     assert after >= before + 0.35, (before, after)
 
 
@@ -287,4 +292,6 @@ def test_bmaml_sinusoid_adapts(tmp_path, cfg_factory):
     from learning import adapt_mse
 
     pre, post = adapt_mse(cfg_factory, tmp_path, *SINUSOID)
-    assert post < 0.75 * pre, (pre, post)
+    # 8 runs (seeds 0-3 x kernels AVX2, DEFAULT): post / pre 0.497 +- 0.052 (max 0.556; the
+    # kernels agree to 0.005); 0.8 = mean + 5.8 sd
+    assert post < 0.8 * pre, (pre, post)

@@ -48,7 +48,10 @@ def svgd_direction(params: Params, grads: Params) -> Params:
     m = next(iter(params.values())).shape[0]
     if m == 1:  # k(theta, theta) = 1 and its gradient is 0: plain gradient ascent
         return grads
-    sq = sum(((p[:, None] - p[None]) ** 2).flatten(2).sum(2) for p in params.values())
+    flat = torch.cat([p.flatten(1) for p in params.values()], 1)  # [M, D]
+    gram = flat @ flat.T  # squared distances from the Gram matrix: O(M^2 + M D) memory
+    sq = (gram.diag()[:, None] + gram.diag()[None] - 2 * gram).clamp_min(0)
+    sq = sq * (1 - torch.eye(m, dtype=sq.dtype, device=sq.device))  # exact zero diagonal
     h = median_bandwidth(sq).clamp_min(torch.finfo(sq.dtype).tiny)  # identical: k = 1, no push
     k = torch.exp(-sq / h)  # [j, m], symmetric
     out = {}
@@ -66,7 +69,7 @@ class BMAML(MetaLearner):
     norms = ("batch", "support", "none")  # as MAML: no running averages inside torch.func
 
     def __init__(self, backbone: nn.Module, kind: str, ways: int, particles: int = 5,
-                 inner_lr: float = 0.4, leader_lr: float | None = None, inner_steps: int = 1,
+                 inner_lr: float = 0.1, leader_lr: float | None = None, inner_steps: int = 1,
                  leader_steps: int = 1, eval_inner_steps: int = 3, first_order: bool = False,
                  learn_precisions: bool = False, weight_precision: float = 1.0,
                  noise_precision: float = 100.0, a_gamma: float = 2.0, b_gamma: float = 0.2,
@@ -148,8 +151,7 @@ class BMAML(MetaLearner):
         if log_l is not None:
             sq = sum((w ** 2).sum() for w in net.values())
             total = total + 0.5 * self.n_weights * log_l - 0.5 * log_l.exp() * sq
-        a_l, b_l, a_g, b_g = self.prior
-        for name, a, b in (("log_lambda", a_l, b_l), ("log_gamma", a_g, b_g)):
+        for name, (a, b) in zip(PRECISIONS, (self.prior[:2], self.prior[2:]), strict=True):
             if name in p:  # (a - 1) s - b e^s + s: the Gamma(a, b) prior of e^s, in s
                 total = total + (a * p[name] - b * p[name].exp()).sum()
         return total
@@ -177,9 +179,8 @@ class BMAML(MetaLearner):
         grad_fn = torch.func.grad(self.log_posterior)
         for _ in range(steps):
             grads = self.per_particle(grad_fn, params, x, y, vmap=vmap)
-            if first_order:
-                grads = {k: g.detach() for k, g in grads.items()}
-            phi = svgd_direction(params, grads)
+            phi = svgd_direction(params, {k: g.detach() if first_order else g
+                                          for k, g in grads.items()})
             params = {k: p + lr * (self.precision_lr_scale if k in PRECISIONS else 1) * phi[k]
                       for k, p in params.items()}
         return params
