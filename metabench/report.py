@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from metabench.locking import owner_alive, read_owner
+from metabench.reliability import reliability_from_sums
 
 SKIP_DIRS = {".hydra", "wandb", ".submitit"}
 KEY = ("algo", "data", "backbone", "ways", "shots", "protocol")
@@ -137,16 +138,12 @@ def pool_reliability(bins: Iterable[dict[str, Any] | None]) -> dict[str, Any] | 
     given = [b for b in given if b["bins"] == n]
     count = [sum(b["count"][i] for b in given) for i in range(n)]
 
-    def weighted(key: str) -> list[float | None]:
-        return [None if count[i] == 0 else
-                sum(b["count"][i] * b[key][i] for b in given if b["count"][i]) / count[i]
+    def summed(key: str) -> list[float]:  # back to per-bin sums: count x mean
+        return [sum(b["count"][i] * b[key][i] for b in given if b["count"][i])
                 for i in range(n)]
 
-    acc, conf = weighted("accuracy"), weighted("confidence")
-    total = sum(count)
-    gap = sum(c * abs(a - f) for c, a, f in zip(count, acc, conf, strict=True) if c)
-    return {"bins": n, "count": count, "accuracy": acc, "confidence": conf,
-            "ece": gap / total if total else None, "queries": total, "runs": len(given)}
+    pooled = reliability_from_sums(count, summed("accuracy"), summed("confidence"))
+    return {**pooled, "queries": sum(count), "runs": len(given)}
 
 
 def read_run(path: str | Path) -> dict[str, Any]:

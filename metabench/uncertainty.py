@@ -11,9 +11,12 @@ predictive interval covers y exactly when the mixture's CDF at y lies in [0.05, 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from metabench.reliability import reliability_from_sums
 
 ECE_BINS = 15
 #: per-task tensors [T, ECE_BINS] of bin sums (not averaged into a mean and CI)
@@ -47,21 +50,12 @@ def calibration(probs: Tensor, target: Tensor, bins: int = ECE_BINS) -> dict[str
             "bin_confidence": conf_sum}
 
 
-def pooled_reliability(per_episode: dict[str, Tensor]) -> dict[str, list[float] | float] | None:
-    """The reliability diagram of every query of every episode: per bin, its count, accuracy
-    and mean confidence (None for an empty bin), and the pooled ECE; None without bin sums."""
+def pooled_reliability(per_episode: dict[str, Tensor]) -> dict[str, Any] | None:
+    """The reliability diagram of every query of every episode; None without bin sums."""
     if not all(k in per_episode for k in BIN_KEYS):
         return None
-    count, correct, conf = (per_episode[k].double().sum(0) for k in BIN_KEYS)
-    n = count.sum().item()
-    safe = count.clamp_min(1)
-    acc = [None if c == 0 else a for c, a in zip(count.tolist(), (correct / safe).tolist(),
-                                                  strict=True)]
-    mean_conf = [None if c == 0 else a for c, a in zip(count.tolist(), (conf / safe).tolist(),
-                                                        strict=True)]
-    return {"bins": int(count.numel()), "count": [int(c) for c in count.tolist()],
-            "accuracy": acc, "confidence": mean_conf,
-            "ece": ((correct - conf).abs().sum() / max(n, 1)).item()}
+    count, correct, conf = (per_episode[k].double().sum(0).tolist() for k in BIN_KEYS)
+    return reliability_from_sums(count, correct, conf)
 
 
 def mixture_mean(pred: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from metabench.algorithms.arguments import require
 from metabench.algorithms.base import MetaLearner
 from metabench.episodes import Episode
 
@@ -53,11 +54,8 @@ class ALPaCA(MetaLearner):
     def __init__(self, backbone: nn.Module, kind: str, ways: int, sigma_eps: float = 0.02,
                  prior_precision: float = 1.0, random_context: bool = True):
         super().__init__(backbone, kind, ways)
-        for key, v in (("sigma_eps", sigma_eps), ("prior_precision", prior_precision)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"algo.{key}={v} must be a positive number")
-        if not isinstance(random_context, bool):
-            raise ValueError(f"algo.random_context={random_context} must be true or false")
+        require("a positive number", sigma_eps=sigma_eps, prior_precision=prior_precision)
+        require("true or false", random_context=random_context)
         d = backbone.out_dim
         self.sigma_eps = float(sigma_eps)
         self.random_context = random_context

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metabench.algorithms.arguments import require
 from metabench.algorithms.base import MetaLearner
 from metabench.algorithms.gradient import Params, check_task_batching
 from metabench.backbones.norms import explicit_batch_stats, query_outputs
@@ -76,26 +77,18 @@ class BMAML(MetaLearner):
                  a_lambda: float = 2.0, b_lambda: float = 2.0, precision_lr_scale: float = 1.0,
                  task_batching: str = "auto"):
         super().__init__(backbone, kind, ways)
-        if isinstance(particles, bool) or not isinstance(particles, int) or particles < 1:
-            raise ValueError(f"algo.particles={particles} must be a positive integer")
+        require("a positive integer", particles=particles)
         leader_lr = inner_lr if leader_lr is None else leader_lr
-        for key, v in (("inner_lr", inner_lr), ("leader_lr", leader_lr),
-                       ("noise_precision", noise_precision), ("a_gamma", a_gamma),
-                       ("b_gamma", b_gamma), ("a_lambda", a_lambda), ("b_lambda", b_lambda),
-                       ("precision_lr_scale", precision_lr_scale)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"algo.{key}={v} must be a positive number")
+        require("a positive number", inner_lr=inner_lr, leader_lr=leader_lr,
+                noise_precision=noise_precision, a_gamma=a_gamma, b_gamma=b_gamma,
+                a_lambda=a_lambda, b_lambda=b_lambda, precision_lr_scale=precision_lr_scale)
         if (isinstance(weight_precision, bool) or not isinstance(weight_precision, (int, float))
                 or weight_precision < 0 or (learn_precisions and weight_precision == 0)):
             raise ValueError(f"algo.weight_precision={weight_precision} must be a non-negative "
                              "number (positive with algo.learn_precisions=true)")
-        for key, v in (("inner_steps", inner_steps), ("leader_steps", leader_steps),
-                       ("eval_inner_steps", eval_inner_steps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"algo.{key}={v} must be a non-negative integer")
-        for key, v in (("first_order", first_order), ("learn_precisions", learn_precisions)):
-            if not isinstance(v, bool):
-                raise ValueError(f"algo.{key}={v} must be true or false")
+        require("a non-negative integer", inner_steps=inner_steps, leader_steps=leader_steps,
+                eval_inner_steps=eval_inner_steps)
+        require("true or false", first_order=first_order, learn_precisions=learn_precisions)
         out = ways if kind == "classification" else 1
         self.model = nn.Sequential(OrderedDict(backbone=backbone,
                                                head=nn.Linear(backbone.out_dim, out)))

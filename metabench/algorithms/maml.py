@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metabench.algorithms.arguments import require
 from metabench.algorithms.base import MetaLearner, task_metrics
 from metabench.algorithms.gradient import Params, check_task_batching, sgd_adapt
 from metabench.backbones.norms import explicit_batch_stats, query_outputs
@@ -31,13 +32,10 @@ class MAML(MetaLearner):
                  inner_steps: int = 1, eval_inner_steps: int = 3, first_order: bool = False,
                  task_batching: str = "auto"):
         super().__init__(backbone, kind, ways)
-        if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)) or inner_lr <= 0:
-            raise ValueError(f"algo.inner_lr={inner_lr} must be a positive number")
-        for key, v in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"algo.{key}={v} must be a non-negative integer")
-        if not isinstance(first_order, bool):
-            raise ValueError(f"algo.first_order={first_order} must be true or false")
+        require("a positive number", inner_lr=inner_lr)
+        require("a non-negative integer", inner_steps=inner_steps,
+                eval_inner_steps=eval_inner_steps)
+        require("true or false", first_order=first_order)
         out = ways if kind == "classification" else 1
         self.model = nn.Sequential(OrderedDict(backbone=backbone,
                                                head=nn.Linear(backbone.out_dim, out)))
@@ -54,14 +52,14 @@ class MAML(MetaLearner):
     def fast_params(self) -> Params:
         return dict(self.model.named_parameters())
 
+    def task_loss(self, p: Params, x: Tensor, y: Tensor) -> Tensor:
+        """The per-task loss (cross-entropy or MSE) of weights ``p`` on (x, y)."""
+        pred = functional_call(self.model, p, (x,))
+        return task_metrics(pred[None], y[None], self.kind == "classification")["loss"][0]
+
     def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int) -> Params:
-        classification = self.kind == "classification"
-
-        def support_loss(p: Params) -> Tensor:
-            pred = functional_call(self.model, p, (x,))
-            return task_metrics(pred[None], y[None], classification)["loss"][0]
-
-        return sgd_adapt(support_loss, params, steps, self.inner_lrs(), self.first_order)
+        return sgd_adapt(lambda p: self.task_loss(p, x, y), params, steps, self.inner_lrs(),
+                         self.first_order)
 
     def batching_mode(self, device: torch.device | str) -> str:
         """``loop`` or ``vmap``: how an episode on ``device`` is batched over tasks, in training

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metabench.algorithms.arguments import require
 from metabench.algorithms.base import task_metrics
 from metabench.algorithms.gradient import Params
 from metabench.algorithms.maml import MAML
@@ -52,14 +53,9 @@ class PLATIPUS(MAML):
                  noise_init: float = 1.0):
         super().__init__(backbone, kind, ways, inner_lr, inner_steps, eval_inner_steps,
                          first_order, task_batching)
-        for key, v in (("sigma_init", sigma_init), ("noise_init", noise_init)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-                raise ValueError(f"algo.{key}={v} must be a positive number")
-        for key, v in (("gamma_init", gamma_init), ("kl_weight", kl_weight)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"algo.{key}={v} must be a non-negative number")
-        if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 1:
-            raise ValueError(f"algo.eval_samples={eval_samples} must be a positive integer")
+        require("a positive number", sigma_init=sigma_init, noise_init=noise_init)
+        require("a non-negative number", gamma_init=gamma_init, kl_weight=kl_weight)
+        require("a positive integer", eval_samples=eval_samples)
         if self.task_batching == "vmap":
             raise ValueError("algo.task_batching=vmap is not supported by algo=platipus "
                              "(each task draws its own weights): use loop or auto")
@@ -79,11 +75,6 @@ class PLATIPUS(MAML):
 
     def batching_mode(self, device: torch.device | str) -> str:
         return "loop"
-
-    def task_loss(self, p: Params, x: Tensor, y: Tensor) -> Tensor:
-        """MAML's per-task loss (cross-entropy or MSE) of weights ``p`` on (x, y)."""
-        pred = functional_call(self.model, p, (x,))
-        return task_metrics(pred[None], y[None], self.kind == "classification")["loss"][0]
 
     def shifted(self, mu: Params, gamma: Tensor, x: Tensor, y: Tensor) -> Params:
         """mu - gamma * grad_mu L(mu; x, y): the mean conditioned on (x, y)."""

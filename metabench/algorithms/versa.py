@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metabench.algorithms.arguments import require
 from metabench.algorithms.metric import MetricLearner
 from metabench.algorithms.protonet import prototypes
 from metabench.uncertainty import log_mean_exp
@@ -58,9 +59,7 @@ class VERSA(MetricLearner):
     def __init__(self, backbone: nn.Module, kind: str, ways: int, samples: int = 10,
                  eval_samples: int = 100, hidden: int | None = None, dropout: float = 0.0):
         super().__init__(backbone, kind, ways)
-        for key, v in (("samples", samples), ("eval_samples", eval_samples)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"algo.{key}={v} must be a positive integer")
+        require("a positive integer", samples=samples, eval_samples=eval_samples)
         if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int)
                                    or hidden < 1):
             raise ValueError(f"algo.hidden={hidden} must be a positive integer or null "
