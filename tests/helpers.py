@@ -53,3 +53,15 @@ def write_class_folders(root: Path, splits: dict[str, int], per_class: int = 10,
                 write_png(root / split / f"c{c}" / f"{i:02d}.png",
                           ((pattern ^ noise) * 255).to(torch.uint8))
     return root
+
+
+def gaussian_episode(ways: int, shots: int, queries: int, d_in: int, tasks: int = 2):
+    """A float64 episode of standard normal vectors, labels in class order (seeded)."""
+    from metabench.episodes import Episode
+
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randn(tasks, ways * shots, d_in, generator=g, dtype=torch.float64)
+    xq = torch.randn(tasks, ways * queries, d_in, generator=g, dtype=torch.float64)
+    ys = torch.arange(ways).repeat(shots).repeat(tasks, 1)
+    yq = torch.arange(ways).repeat(queries).repeat(tasks, 1)
+    return Episode(xs, ys, xq, yq, ways)

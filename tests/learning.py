@@ -41,6 +41,10 @@ CASES: dict[str, list[str]] = {
     # a small SNAIL on an MLP embedding, to fit the time budget: SNAIL first sits on a plateau
     # (attention still uniform), then learns fast; with 16 filters and a 32-unit embedding the
     # plateau's length varied so much between seeds that some had not left it by the end
+    # the closed-form heads with their defaults (R2-D2: its Omniglot output scale; a lower
+    # outer rate than its 5e-3 for this short horizon)
+    "r2d2": ["algo=r2d2", "algo.scale_init=10.0", "train.iterations=80", "train.lr=0.001"],
+    "metaoptnet": ["algo=metaoptnet", "train.meta_batch=2", "train.iterations=80"],
     "snail": ["algo=snail", "algo.filters=32", "algo.attention=[[32,16],[32,16],[32,16]]",
               "backbone=mlp", "backbone.hidden=[64]", "data.source.noise=0.35",
               "data.train_queries=1", "train.meta_batch=16", "train.iterations=400",

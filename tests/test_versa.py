@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import gaussian_episode
 
 from metabench.algorithms.versa import VERSA, logit_moments
 from metabench.backbones.mlp import MLP
@@ -23,12 +24,7 @@ def make_learner(**kw) -> VERSA:
 
 
 def make_episode(ways: int = WAYS, shots: int = SHOTS, tasks: int = 2) -> Episode:
-    g = torch.Generator().manual_seed(1)
-    xs = torch.randn(tasks, ways * shots, D_IN, generator=g, dtype=torch.float64)
-    xq = torch.randn(tasks, ways * QUERIES, D_IN, generator=g, dtype=torch.float64)
-    ys = torch.arange(ways).repeat(shots).repeat(tasks, 1)
-    yq = torch.arange(ways).repeat(QUERIES).repeat(tasks, 1)
-    return Episode(xs, ys, xq, yq, ways)
+    return gaussian_episode(ways, shots, QUERIES, D_IN, tasks)
 
 
 def scores(learner: VERSA, ep: Episode, noise: torch.Tensor) -> torch.Tensor:
