@@ -56,6 +56,10 @@ MSE_CASES: dict[str, list[str]] = {
     "maml_sinusoid": ["experiment=quick/maml_sinusoid", "logger=none", "train.iterations=600",
                       "train.meta_batch=10", "train.lr=0.003", "train.eval_every=1000",
                       "eval.episodes=200", "train.val_episodes=50"],
+    # CAVIA's sinusoid defaults (5 context parameters, inner rate 1.0, 1 step), MAML's budget
+    "cavia_sinusoid": ["algo=cavia", "data=sinusoid", "logger=none", "train.iterations=600",
+                       "train.meta_batch=10", "train.lr=0.003", "train.eval_every=1000",
+                       "eval.episodes=200", "train.val_episodes=50"],
 }
 
 

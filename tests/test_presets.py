@@ -25,7 +25,8 @@ PAIRS = {p.stem for p in (CONFIGS / "algo_data").glob("*.yaml")}
 PROTOCOL = {"protonet": "running", "baseline": "running", "relation": "batch",
             "matching": "batch", "snail": "batch", "maml": "batch", "metasgd": "batch",
             "anil": "batch", "reptile": "batch", "versa": "batch", "platipus": "batch",
-            "bmaml": "batch", "r2d2": "running", "metaoptnet": "running"}
+            "bmaml": "batch", "r2d2": "running", "metaoptnet": "running",
+            "cavia": "batch"}
 PAPER_EPISODES = {"protonet": 1000, "relation": 1000, "reptile": 10000, "r2d2": 10000,
                   "metaoptnet": 1000}
 

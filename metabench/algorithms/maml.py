@@ -52,9 +52,13 @@ class MAML(MetaLearner):
     def fast_params(self) -> Params:
         return dict(self.model.named_parameters())
 
+    def fast_forward(self, p: Params, x: Tensor) -> Tensor:
+        """The network's outputs on ``x`` with the fast weights ``p`` (CAVIA: its context)."""
+        return functional_call(self.model, p, (x,))
+
     def task_loss(self, p: Params, x: Tensor, y: Tensor) -> Tensor:
         """The per-task loss (cross-entropy or MSE) of weights ``p`` on (x, y)."""
-        pred = functional_call(self.model, p, (x,))
+        pred = self.fast_forward(p, x)
         return task_metrics(pred[None], y[None], self.kind == "classification")["loss"][0]
 
     def adapt(self, params: Params, x: Tensor, y: Tensor, steps: int) -> Params:
@@ -80,8 +84,7 @@ class MAML(MetaLearner):
             fast = self.adapt(params, xs, ys, steps)
 
             def on_queries(p: Params) -> Tensor:  # norm=support: the support's statistics
-                return query_outputs(lambda x: functional_call(self.model, p, (x,)), xs, xq,
-                                     self.norm)
+                return query_outputs(lambda x: self.fast_forward(p, x), xs, xq, self.norm)
 
             if self.training:
                 return (on_queries(fast),)
