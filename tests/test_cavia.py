@@ -95,4 +95,6 @@ def test_cavia_learns_the_sinusoid(tmp_path, cfg_factory):
     from learning import MSE_CASES, adapt_mse
 
     pre, post = adapt_mse(cfg_factory, tmp_path, *MSE_CASES["cavia_sinusoid"])
-    assert post < 0.5 * pre, (pre, post)
+    # 4 seeds (scripts/learning_spread.py, AVX2): post / pre 0.148 +- 0.010 (max 0.161);
+    # 0.4 is mean + 25 sd (MAML's test, the same budget: 0.5)
+    assert post < 0.4 * pre, (pre, post)
