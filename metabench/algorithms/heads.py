@@ -9,6 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: ridge_solve's forms (``auto``: the smaller system)
+RIDGE_FORMS = ("auto", "woodbury", "standard")
+
+
+def ridge_dual(z: Tensor, y: Tensor, lam: Tensor | float) -> Tensor:
+    """(z z^T + lam I_n)^-1 y [T, n, c]: ridge's dual coefficients, an n x n system."""
+    n = z.shape[-2]
+    gram = z @ z.transpose(-1, -2) + lam * torch.eye(n, dtype=z.dtype, device=z.device)
+    return torch.linalg.solve(gram, y)
+
 
 def ridge_solve(z: Tensor, y: Tensor, lam: Tensor | float, form: str = "auto") -> Tensor:
     """argmin_W ||z W - y||^2 + lam ||W||^2 for z [T, n, d], y [T, n, c] -> W [T, d, c].
@@ -20,8 +30,7 @@ def ridge_solve(z: Tensor, y: Tensor, lam: Tensor | float, form: str = "auto") -
     if form == "auto":
         form = "woodbury" if n <= d else "standard"
     if form == "woodbury":
-        gram = z @ z.transpose(-1, -2) + lam * torch.eye(n, dtype=z.dtype, device=z.device)
-        return z.transpose(-1, -2) @ torch.linalg.solve(gram, y)
+        return z.transpose(-1, -2) @ ridge_dual(z, y, lam)
     if form == "standard":
         gram = z.transpose(-1, -2) @ z + lam * torch.eye(d, dtype=z.dtype, device=z.device)
         return torch.linalg.solve(gram, z.transpose(-1, -2) @ y)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metabench.algorithms.arguments import require
-from metabench.algorithms.heads import svm_dual
+from metabench.algorithms.heads import ridge_dual, svm_dual
 from metabench.algorithms.metric import MetricLearner
 
 
@@ -45,10 +45,8 @@ class MetaOptNet(MetricLearner):
         if self.head == "svm":
             steps = self.iterations if self.training else self.eval_iterations
             return svm_dual(z_support, y_support, ways, self.c, steps, self.jitter)
-        n = z_support.shape[1]
-        gram = z_support @ z_support.transpose(1, 2)
-        gram = gram + self.lam * torch.eye(n, dtype=gram.dtype, device=gram.device)
-        return 2 * torch.linalg.solve(gram, F.one_hot(y_support, ways).to(gram.dtype))
+        return 2 * ridge_dual(z_support, F.one_hot(y_support, ways).to(z_support.dtype),
+                              self.lam)
 
     def logits(self, z_support: Tensor, y_support: Tensor, z_query: Tensor, ways: int) -> Tensor:
         alpha = self.dual(z_support, y_support, ways)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metabench.algorithms.arguments import require
-from metabench.algorithms.heads import ridge_solve
+from metabench.algorithms.heads import RIDGE_FORMS, ridge_solve
 from metabench.algorithms.metric import MetricLearner
 
 
@@ -28,8 +28,9 @@ class R2D2(MetricLearner):
         require("a positive number", lam=lam)
         require("true or false", learn_lambda=learn_lambda)
         require("a positive number", scale_init=scale_init)
-        if form not in ("auto", "woodbury", "standard"):
-            raise ValueError(f"algo.form={form} must be auto, woodbury or standard")
+        if form not in RIDGE_FORMS:
+            raise ValueError(f"algo.form={form} must be {', '.join(RIDGE_FORMS[:-1])} or "
+                             f"{RIDGE_FORMS[-1]}")
         self.form = form
         lam_t = torch.tensor(float(lam))
         if learn_lambda:
