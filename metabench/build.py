@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from metabench.algorithms.base import MetaLearner
 from metabench.episodes import EpisodeSpec
 from metabench.errors import ConfigError, UserError
+from metabench.optim import SGDHD
 
 
 def _node_kwargs(node: DictConfig) -> dict[str, Any]:
@@ -80,22 +81,30 @@ def sampler(cfg: DictConfig, data: Any, split: str, device: torch.device):
 
 def build_optimizer(cfg: DictConfig, learner: MetaLearner
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The outer optimiser (``train.optimizer``: Adam, or plain SGD, with which Reptile's
-    surrogate loss gives exactly its interpolation step) and its rate schedule
+    """The outer optimiser (``train.optimizer``: Adam; plain SGD, with which Reptile's
+    surrogate loss gives exactly its interpolation step; ``sgd_hd``, SGD whose rate follows its
+    hypergradient, Alpha-MAML's) over the learner's parameter groups, and its rate schedule
     (``train.lr_schedule``: ``step`` multiplies it by ``lr_decay`` every ``lr_decay_every``
-    iterations, constant when that is 0; ``linear`` anneals it to 0 at ``train.iterations``)."""
+    iterations, constant when that is 0; ``linear`` anneals it to 0 and ``cosine`` to
+    ``lr_min`` at ``train.iterations``)."""
     t = cfg.train
-    params = learner.parameters()
-    if t.get("optimizer", "adam") == "sgd":
-        optimizer = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+    groups = learner.param_groups()
+    choice = t.get("optimizer", "adam")
+    if choice == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=t.lr, weight_decay=t.weight_decay)
+    elif choice == "sgd_hd":
+        optimizer = SGDHD(groups, lr=t.lr, hypergrad_lr=t.get("hypergrad_lr", 0.0),
+                          weight_decay=t.weight_decay)
     else:
-        optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    if t.get("lr_schedule", "step") == "linear":
-        total = int(t.iterations)
+        optimizer = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
+    total = int(t.iterations)
+    schedule = t.get("lr_schedule", "step")
+    if schedule == "linear":
         return optimizer, torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: max(0.0, 1.0 - step / total))
+    if schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=total, eta_min=float(t.get("lr_min", 0.0)))
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, t.lr_decay_every, gamma=t.lr_decay)
                  if t.lr_decay_every > 0 else None)
     return optimizer, scheduler
-
-

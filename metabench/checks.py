@@ -20,16 +20,18 @@ from metabench.precision import DTYPES, native_bf16_cpu
 TRAIN_KEYS = {"iterations", "meta_batch", "lr", "lr_decay_every", "lr_decay", "weight_decay",
               "grad_clip", "log_every", "eval_every", "val_episodes", "resume",
               "evaluate_at_end", "task_batching", "channels_last", "precision", "optimizer",
-              "lr_schedule", "compile", "divergence_factor"}
-OPTIMIZERS = ("adam", "sgd")
-LR_SCHEDULES = ("step", "linear")
-EVAL_KEYS = {"episodes", "batch", "seed", "val_seed"}
+              "lr_schedule", "compile", "divergence_factor", "lr_min", "hypergrad_lr",
+              "keep_top"}
+OPTIMIZERS = ("adam", "sgd", "sgd_hd")
+LR_SCHEDULES = ("step", "linear", "cosine")
+EVAL_KEYS = {"episodes", "batch", "seed", "val_seed", "ensemble_top"}
 POSITIVE = ["data.ways", "data.shots", "data.queries", "data.train_ways", "data.train_shots",
             "data.train_queries", "train.iterations", "train.meta_batch", "train.log_every",
             "train.eval_every", "train.val_episodes", "eval.episodes", "eval.batch"]
 # (key, lowest allowed, whether the lowest is allowed itself); None values are checked elsewhere
 NUMBERS = [("train.lr", 0.0, False), ("train.lr_decay", 0.0, False),
-           ("train.weight_decay", 0.0, True), ("train.grad_clip", 0.0, True)]
+           ("train.weight_decay", 0.0, True), ("train.grad_clip", 0.0, True),
+           ("train.lr_min", 0.0, True), ("train.hypergrad_lr", 0.0, True)]
 # Training computes in float32 (max 3.4e38); a setting near that overflows in the first step
 # (Adam divides the rate by 1 - beta1 = 0.1), so any float beyond 1e30 is refused up front.
 FLOAT_LIMIT = 1e30
@@ -100,6 +102,10 @@ def check_static(cfg: DictConfig) -> list[str]:
         v = OmegaConf.select(cfg, key)
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             problems.append(f"{key}={v} must be a positive integer")
+    for key in ("train.keep_top", "eval.ensemble_top"):
+        v = OmegaConf.select(cfg, key, default=0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            problems.append(f"{key}={v} must be a non-negative integer")
     for section, allowed in (("train", TRAIN_KEYS), ("eval", EVAL_KEYS)):
         for k in sorted(set(cfg.get(section, {}).keys()) - allowed):
             problems.append(f"{section}.{k} is not a known key "

@@ -275,6 +275,8 @@ def evaluate_cmd(args: list[str]) -> int:
         checkpoint = resolve_checkpoint(str(settings.pop("checkpoint")), say=plain)  # wandb:...
         blob = load_checkpoint(checkpoint)
         cfg = OmegaConf.create(blob["config"])
+        if "ensemble_top" not in cfg.get("eval", {}):  # checkpoints from before the key
+            cfg.eval.ensemble_top = 0
         OmegaConf.set_struct(cfg, True)
         try:
             cfg = OmegaConf.merge(cfg, settings)
@@ -307,6 +309,9 @@ def evaluate_cmd(args: list[str]) -> int:
     plain(f"result: {results['algo']} {results['data']} {setting}: {results['metric']} "
           f"{fmt(results['mean'])} +- {fmt(results['ci95'])} over {results['episodes']} "
           f"episodes, {proto}; checkpoint {checkpoint}")
+    if "ensemble" in results:
+        plain(f"ensemble of the {len(results['ensemble'])} best kept checkpoints: "
+              + ", ".join(Path(p).name for p in results["ensemble"]))
     plain(f"results written to {checkpoint.parent / run.results_name(cfg, blob)}")
     return 0
 

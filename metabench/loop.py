@@ -37,12 +37,13 @@ class LoopSettings:
 def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None, train_sampler, val_sampler,
         settings: LoopSettings, generator: torch.Generator, logger: Logger,
-        save: Callable[[int, float, bool, float | None], None], start_step: int = 0,
+        save: Callable[..., None], start_step: int = 0,
         best_val: float = -math.inf, on_step: Callable[[int, dict[str, float]], None] | None = None,
         val_reference: float | None = None) -> dict[str, Any]:
     """Train from ``start_step`` to ``settings.iterations``; returns the best validation score.
 
-    ``save(step, best_val, is_best, val_reference)`` writes checkpoints; the validation score is
+    ``save(step, best_val, is_best, val_reference, score=)`` writes checkpoints (``score``: this
+    validation's, for the kept top-k; absent on Ctrl-C); the validation score is
     accuracy for classification and minus the loss for regression, so higher is always better;
     ``val_reference`` is the first validation loss, the divergence guard's yardstick (kept in
     checkpoints for resume). Ctrl-C saves the last finished step before stopping; a non-finite
@@ -104,7 +105,7 @@ def fit(learner: MetaLearner, optimizer: torch.optim.Optimizer,
                 is_best = score > best_val
                 best_val = max(best_val, score)
                 point["val/best"] = best_val if "acc" in val else -best_val
-                save(step, best_val, is_best, val_reference)  # first: a logged point is saved
+                save(step, best_val, is_best, val_reference, score=score)  # before the log
                 logger.log(point, step)
                 shown.update(point)
             if on_step:

@@ -4,6 +4,7 @@ loop, checkpoints, loggers and results files."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import random
@@ -38,6 +39,7 @@ from metabench.checks import (  # noqa: F401 (check_static: API)
     validate,
 )
 from metabench.distributed import World
+from metabench.ensemble import Ensemble, keep_top, top_checkpoints
 from metabench.errors import ConfigError, Interrupted, UserError
 from metabench.evaluation import run_episodes, summarize
 from metabench.files import atomic_write, atomic_write_json
@@ -182,7 +184,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
 
     info = data_info(data)
 
-    def save(step: int, best_val: float, is_best: bool, val_reference: float | None) -> None:
+    def save(step: int, best_val: float, is_best: bool, val_reference: float | None,
+             score: float | None = None) -> None:
         if not world.is_main:
             return
         state = {"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
@@ -192,6 +195,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
         save_checkpoint(last, state)
         if is_best:
             save_checkpoint(ckpt_dir / "best.pt", state)
+        if score is not None and t.get("keep_top", 0) > 0:
+            keep_top(ckpt_dir, int(t.keep_top), step, score, state)
 
     settings = LoopSettings(t.iterations, t.meta_batch, t.log_every, t.eval_every,
                             t.val_episodes, cfg.eval.batch, cfg.eval.val_seed, t.grad_clip,
@@ -258,9 +263,11 @@ def results_name(cfg: DictConfig, blob: dict[str, Any]) -> str:
     each result (and the run's own, which ``metabench report`` reads)."""
     spec = episode_spec(cfg, False)
     own = episode_spec(OmegaConf.create(blob["config"]), False)
+    top = int(cfg.eval.get("ensemble_top", 0))
+    suffix = f"_top{top}" if top > 0 else ""  # an ensemble's result beside the single one's
     if (spec.ways, spec.shots) == (own.ways, own.shots):
-        return "results.json"
-    return f"results_{spec.ways}w{spec.shots}s.json"
+        return f"results{suffix}.json"
+    return f"results_{spec.ways}w{spec.shots}s{suffix}.json"
 
 
 def protocol(cfg: DictConfig, learner: MetaLearner) -> dict[str, Any]:
@@ -279,8 +286,16 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
     """Test ``blob``'s weights on ``eval.episodes`` seeded test episodes; write the result
     next to the checkpoint (``results_name``)."""
     learner.load_state_dict(blob["model"])
+    top = int(cfg.eval.get("ensemble_top", 0))
+    members = top_checkpoints(Path(checkpoint).parent, top) if top > 0 else []
+    scored: MetaLearner = learner
+    if members:  # each member a copy of the learner with a kept checkpoint's weights
+        copies = [copy.deepcopy(learner) for _ in members]
+        for m, path in zip(copies, members, strict=True):
+            m.load_state_dict(load_checkpoint(path)["model"])
+        scored = Ensemble(copies)
     spec = episode_spec(cfg, False)
-    per = run_episodes(learner, sampler(cfg, data, "test", device), cfg.eval.episodes,
+    per = run_episodes(scored, sampler(cfg, data, "test", device), cfg.eval.episodes,
                        cfg.eval.batch, cfg.eval.seed, cfg.train.get("precision", "fp32"))
     summary = summarize(per)
     classification = data.kind == "classification"
@@ -299,6 +314,8 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
     reliability = pooled_reliability(per)
     if reliability is not None:
         results["reliability"] = reliability
+    if members:
+        results["ensemble"] = [str(m) for m in members]
     pre = f"pre_{key}"
     if pre in summary:  # e.g. MAML: the same episodes before adaptation
         results["pre_adaptation_mean"], results["pre_adaptation_ci95"] = summary[pre]
@@ -310,6 +327,8 @@ def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any],
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Test a checkpoint; with logger=wandb the result also lands in the training run's
     W&B summary (the same run id, resumed)."""
+    if int(cfg.eval.get("ensemble_top", 0)) > 0:  # before any work: enough kept checkpoints
+        top_checkpoints(Path(checkpoint).parent, int(cfg.eval.ensemble_top))
     data, learner, device = prepare(cfg, ("test",))
     if tuple(blob["model"].keys()) != tuple(learner.state_dict().keys()):
         raise ConfigError(f"checkpoint {checkpoint} does not fit algo={cfg.algo.name} "

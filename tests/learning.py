@@ -29,6 +29,18 @@ CASES: dict[str, list[str]] = {
     "baselinepp": ["algo=baselinepp", "data.train_ways=32", "data.train_shots=1",
                    "data.train_queries=1", "train.iterations=80"],
     "metasgd": ["algo=metasgd", "train.meta_batch=4", "train.iterations=100"],
+    # the optimisation-based wave. MAML++: 2 inner steps, its schedules scaled to 50 iterations
+    # (10 epochs of 5: first order for 5, the multi-step loss over all 10)
+    "mamlpp": ["algo=mamlpp", "algo.inner_steps=2", "algo.eval_inner_steps=2",
+               "algo.epoch_iterations=5", "algo.first_order_epochs=5", "train.meta_batch=4",
+               "train.iterations=50"],
+    # iMAML with 2 regularised steps (the untrained net's adaptation stays near chance), the
+    # official code's damped CG operator (the paper's wanders on this non-convex net) and a
+    # higher outer rate: it leaves chance slower than MAML (first-order-like meta-gradients)
+    "imaml": ["algo=imaml", "algo.inner_steps=2", "algo.eval_inner_steps=2", "algo.cg_steps=2",
+              "algo.inner_lr=0.4", "algo.cg_damping=1.0", "algo.lam_damping=10.0",
+              "train.meta_batch=4", "train.iterations=100", "train.lr=0.005"],
+    "alphamaml": ["algo=alphamaml", "train.meta_batch=4", "train.iterations=100"],
     "anil": ["algo=anil", "train.meta_batch=4", "train.iterations=300", "train.lr=0.003",
              "algo.eval_inner_steps=10"],
     # short-horizon settings (paper: inner Adam 1e-3, 100k iterations); 2 SGD steps at test,

@@ -280,8 +280,8 @@ def test_linear_schedule_reaches_zero_and_resumes(cfg_factory):
 def test_bad_optimizer_and_schedule_are_reported(cfg_factory):
     cfg = cfg_factory("train.optimizer=foo", "train.lr_schedule=bar")
     problems = run.check_static(cfg)
-    assert "train.optimizer=foo is not one of: adam, sgd" in problems
-    assert "train.lr_schedule=bar is not one of: step, linear" in problems
+    assert "train.optimizer=foo is not one of: adam, sgd, sgd_hd" in problems
+    assert "train.lr_schedule=bar is not one of: step, linear, cosine" in problems
     assert not any("optimizer" in p or "lr_schedule" in p for p in run.check_static(cfg_factory()))
 
 

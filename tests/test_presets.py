@@ -26,7 +26,7 @@ PROTOCOL = {"protonet": "running", "baseline": "running", "relation": "batch",
             "matching": "batch", "snail": "batch", "maml": "batch", "metasgd": "batch",
             "anil": "batch", "reptile": "batch", "versa": "batch", "platipus": "batch",
             "bmaml": "batch", "r2d2": "running", "metaoptnet": "running",
-            "cavia": "batch"}
+            "cavia": "batch", "mamlpp": "batch", "imaml": "batch", "alphamaml": "batch"}
 PAPER_EPISODES = {"protonet": 1000, "relation": 1000, "reptile": 10000, "r2d2": 10000,
                   "metaoptnet": 1000}
 

@@ -143,7 +143,7 @@ def test_diverging_run_stops_before_its_weights_are_saved(factor, stop):
     settings = LoopSettings(iterations=8, meta_batch=1, log_every=2, eval_every=2,
                             val_episodes=1, eval_batch=1, val_seed=0, divergence_factor=factor)
 
-    def save(step, best, is_best, reference):
+    def save(step, best, is_best, reference, score=None):
         saved.append((step, reference))
 
     args = (learner, optimizer, None, Tasks(), Tasks(), settings, torch.Generator(),

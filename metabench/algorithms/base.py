@@ -88,6 +88,11 @@ class MetaLearner(nn.Module):
                 metrics.update(self.uncertainty(pred.detach(), episode))
         return metrics["loss"].mean(), metrics
 
+    def param_groups(self) -> list[dict]:
+        """The outer optimiser's parameter groups: one, every parameter, unless a learner
+        gives some of its own a rate of their own (Alpha-MAML's inner rate)."""
+        return [{"params": list(self.parameters())}]
+
     def predict(self, episode: Episode) -> Tensor:  # pragma: no cover
         """Query predictions [T, m, outputs] (logits or scores; regression: values) under the
         current protocol (``self.training``): what the loss and the metrics are computed from."""

@@ -73,22 +73,25 @@ class MAML(MetaLearner):
             return self.task_batching
         return "vmap" if torch.device(device).type == "cuda" else "loop"
 
+    def one_task(self, params: Params, xs: Tensor, ys: Tensor, xq: Tensor,
+                 steps: int) -> tuple[Tensor, ...]:
+        """Query predictions after adapting ``params`` on (xs, ys); in evaluation also before."""
+        fast = self.adapt(params, xs, ys, steps)
+
+        def on_queries(p: Params) -> Tensor:  # norm=support: the support's statistics
+            return query_outputs(lambda x: self.fast_forward(p, x), xs, xq, self.norm)
+
+        if self.training:
+            return (on_queries(fast),)
+        return on_queries(fast), on_queries(params)
+
     def outputs(self, episode: Episode) -> tuple[Tensor, ...]:
-        """Query predictions [T, m, out] after adaptation; in evaluation also those of the
-        unadapted weights."""
+        """``one_task``'s outputs for every task of the episode, stacked: [T, ...] each."""
         steps = self.inner_steps if self.training else self.eval_inner_steps
         params = self.fast_params()
 
         def one_task(xs: Tensor, ys: Tensor, xq: Tensor) -> tuple[Tensor, ...]:
-            """Query predictions after adapting on (xs, ys); in evaluation also before."""
-            fast = self.adapt(params, xs, ys, steps)
-
-            def on_queries(p: Params) -> Tensor:  # norm=support: the support's statistics
-                return query_outputs(lambda x: self.fast_forward(p, x), xs, xq, self.norm)
-
-            if self.training:
-                return (on_queries(fast),)
-            return on_queries(fast), on_queries(params)
+            return self.one_task(params, xs, ys, xq, steps)
 
         if self.batching_mode(episode.x_support.device) == "vmap":
             with explicit_batch_stats():
