@@ -250,6 +250,7 @@ def evaluate_cmd(args: list[str]) -> int:
     from metabench import run
     from metabench.artifacts import resolve_checkpoint
     from metabench.checkpoint import load_checkpoint
+    from metabench.evaluation_config import evaluation_config
 
     try:
         bad = [a for a in args if "=" not in a]
@@ -274,14 +275,7 @@ def evaluate_cmd(args: list[str]) -> int:
                               "best.pt)")
         checkpoint = resolve_checkpoint(str(settings.pop("checkpoint")), say=plain)  # wandb:...
         blob = load_checkpoint(checkpoint)
-        cfg = OmegaConf.create(blob["config"])
-        if "ensemble_top" not in cfg.get("eval", {}):  # checkpoints from before the key
-            cfg.eval.ensemble_top = 0
-        OmegaConf.set_struct(cfg, True)
-        try:
-            cfg = OmegaConf.merge(cfg, settings)
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
+        cfg = evaluation_config(blob["config"], settings)
         if logger is not None:
             with open_dict(cfg):
                 cfg.logger = logger

@@ -93,12 +93,14 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def protocol_label(results: dict[str, Any]) -> str:
-    """``transductive (norm=batch)`` / ``non-transductive (norm=running)``; ``-`` for a result
-    written before the protocol was recorded."""
+    """``transductive (norm=batch)`` / ``non-transductive (norm=running)``, with
+    ``, within-alphabet`` for within-alphabet test episodes; ``-`` for a result written before
+    the protocol was recorded."""
     if not isinstance(results.get("transductive"), bool):
         return "-"
     kind = "transductive" if results["transductive"] else "non-transductive"
-    return f"{kind} (norm={results.get('norm', '?')})"
+    within = ", within-alphabet" if results.get("episode_classes") == "within_alphabet" else ""
+    return f"{kind} (norm={results.get('norm', '?')}){within}"
 
 
 def _uncertainty(results: dict[str, Any] | None) -> dict[str, float | None]:

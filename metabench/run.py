@@ -265,18 +265,28 @@ def results_name(cfg: DictConfig, blob: dict[str, Any]) -> str:
     own = episode_spec(OmegaConf.create(blob["config"]), False)
     top = int(cfg.eval.get("ensemble_top", 0))
     suffix = f"_top{top}" if top > 0 else ""  # an ensemble's result beside the single one's
+    classes = _episode_classes(cfg)
+    if classes != _episode_classes(OmegaConf.create(blob["config"])):
+        suffix = f"_{classes}{suffix}"  # e.g. results_within_alphabet.json
     if (spec.ways, spec.shots) == (own.ways, own.shots):
         return f"results{suffix}.json"
     return f"results_{spec.ways}w{spec.shots}s{suffix}.json"
 
 
+def _episode_classes(cfg: DictConfig) -> str:
+    return str(cfg.data.get("episode_classes", "random"))
+
+
 def protocol(cfg: DictConfig, learner: MetaLearner) -> dict[str, Any]:
     """How a test number was measured, recorded with it: whether a query's prediction may
-    depend on the other queries (``transductive``), the norm mode, the data split, the episode
+    depend on the other queries (``transductive``), the norm mode, the data split, how a task's
+    classes are drawn (``episode_classes``) and whether rotations are classes, the episode
     sizes and count, and the seed that fixes the test episodes."""
     spec = episode_spec(cfg, False)
     return {"transductive": bool(learner.transductive()), "norm": learner.norm,
-            "split": str(cfg.data.get("split", "default")), "ways": spec.ways,
+            "split": str(cfg.data.get("split", "default")),
+            "episode_classes": _episode_classes(cfg),
+            "rotations": bool(cfg.data.get("rotations", False)), "ways": spec.ways,
             "shots": spec.shots, "queries": spec.queries, "episodes": int(cfg.eval.episodes),
             "test_seed": int(cfg.eval.seed)}
 
@@ -308,7 +318,7 @@ def evaluate_loaded(cfg: DictConfig, data: Any, learner: MetaLearner, device: to
         "seed": int(cfg.seed), "step": int(blob["step"]), "checkpoint": str(checkpoint),
         **protocol(cfg, learner),
     }
-    for name in UNCERTAINTY_KEYS:  # classification: nll, ece; a predictive variance: nll, coverage
+    for name in (*UNCERTAINTY_KEYS, *learner.reported):  # nll, ece / coverage; a learner's own
         if name in summary:
             results[name], results[f"{name}_ci95"] = summary[name]
     reliability = pooled_reliability(per)
@@ -340,7 +350,8 @@ def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any],
         wb.summary({f"test/{results['metric']}": results["mean"],
                     f"test/{results['metric']}_ci95": results["ci95"],
                     "test/episodes": results["episodes"],
-                    **{f"test/{k}": results[k] for k in UNCERTAINTY_KEYS if k in results},
+                    **{f"test/{k}": results[k] for k in (*UNCERTAINTY_KEYS, *learner.reported)
+                       if k in results},
                     **{f"protocol/{k}": v for k, v in protocol(cfg, learner).items()}})
         wb.close()
     return results

@@ -22,6 +22,15 @@ CASES: dict[str, list[str]] = {
     "matching_fce_true": ["algo=matching", "algo.fce=true", "algo.fce_steps=2",
                           "train.meta_batch=2", "train.iterations=80"],
     "protonet": ["algo=protonet", "train.meta_batch=2", "train.iterations=80"],
+    # 3-shot training so that clusters can open (1-shot IMP is ProtoNet with Gaussian logits)
+    "imp": ["algo=imp", "data.train_shots=3", "train.meta_batch=2", "train.iterations=80"],
+    "siamese": ["algo=siamese", "train.meta_batch=2", "train.iterations=80"],
+    # a small MANN on raw pixels of an easier task (2-way, 8 x 8, little noise): on the
+    # 5-way 16 x 16 default it sat at chance for the first 600 iterations (its known slow start)
+    "mann": ["algo=mann", "backbone=mlp", "backbone.hidden=[]", "algo.controller=64",
+             "algo.slots=16", "algo.slot_size=16", "data.ways=2", "data.train_ways=2",
+             "data.source.image_size=8", "data.source.noise=0.1", "data.train_queries=5",
+             "train.meta_batch=8", "train.iterations=400", "train.lr=0.01"],
     "relation": ["algo=relation", "backbone.pool=2", "train.meta_batch=2",
                  "train.iterations=160"],
     "baseline": ["algo=baseline", "data.train_ways=32", "data.train_shots=1",

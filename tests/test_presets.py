@@ -26,7 +26,8 @@ PROTOCOL = {"protonet": "running", "baseline": "running", "relation": "batch",
             "matching": "batch", "snail": "batch", "maml": "batch", "metasgd": "batch",
             "anil": "batch", "reptile": "batch", "versa": "batch", "platipus": "batch",
             "bmaml": "batch", "r2d2": "running", "metaoptnet": "running",
-            "cavia": "batch", "mamlpp": "batch", "imaml": "batch", "alphamaml": "batch"}
+            "cavia": "batch", "mamlpp": "batch", "imaml": "batch", "alphamaml": "batch",
+            "imp": "running", "siamese": "running", "mann": "none"}
 PAPER_EPISODES = {"protonet": 1000, "relation": 1000, "reptile": 10000, "r2d2": 10000,
                   "metaoptnet": 1000}
 
@@ -58,7 +59,7 @@ def test_preset_composes_as_named_with_its_papers_protocol(cfg_factory, name):
     group, algo, ways, shots = promised
     assert (cfg.algo.name, cfg.data.name) == (algo, "omniglot")
     assert (cfg.data.ways, cfg.data.shots) == (ways, shots)
-    assert cfg.backbone.norm == PROTOCOL[algo]
+    assert cfg.backbone.get("norm", "none") == PROTOCOL[algo]  # mlp: no norm layers
     assert cfg.eval.episodes == (PAPER_EPISODES.get(algo, 600) if group == "paper" else 600)
     assert "# Protocol:" in (EXPERIMENTS / f"{name}.yaml").read_text()
 

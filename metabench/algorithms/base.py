@@ -37,6 +37,9 @@ class MetaLearner(nn.Module):
     #: (S equally weighted Gaussian components: mean, variance; metabench/uncertainty.py),
     #: scored by its mean's MSE, its NLL and its 90% interval's coverage
     predicts_variance: bool = False
+    #: evaluation metrics of its own that a test result records beside the standard ones
+    #: (mean and 95% CI each; MANN: accuracy at the k-th presentation of a class)
+    reported: tuple[str, ...] = ()
 
     def __init__(self, backbone: nn.Module, kind: str, ways: int):
         super().__init__()

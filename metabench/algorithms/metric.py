@@ -4,11 +4,18 @@ comparison with the support set that each subclass defines in ``logits``."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from metabench.algorithms.base import MetaLearner
 from metabench.backbones.norms import support_rows
 from metabench.episodes import Episode
+
+
+def class_ranks(y: Tensor, ways: int) -> Tensor:
+    """Each example's position among its class's examples [T, n] (0 for the first)."""
+    onehot = F.one_hot(y, ways)
+    return ((onehot.cumsum(1) - onehot) * onehot).sum(-1)
 
 
 class MetricLearner(MetaLearner):

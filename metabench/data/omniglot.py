@@ -173,9 +173,12 @@ def _ensure_sources(root: Path, download: bool, url: str, md5: dict[str, str | N
 def load_omniglot(root: str, split: str = "vinyals", image_size: int = 28,
                   rotations: bool = True, download: bool = False, url: str = OFFICIAL_URL,
                   md5: dict[str, str | None] | None = None, cache_dir: str | None = None,
-                  say: Callable[[str], None] = say_stderr) -> ImageClasses:
+                  say: Callable[[str], None] = say_stderr,
+                  episode_classes: str = "random") -> ImageClasses:
     """Omniglot from ``root``; with ``download`` the missing official zips are fetched first
-    (``md5`` by archive name, default OFFICIAL_MD5; ``say`` takes the announcement)."""
+    (``md5`` by archive name, default OFFICIAL_MD5; ``say`` takes the announcement).
+    ``episode_classes=within_alphabet`` draws each task's classes from one alphabet (a
+    character's rotations stay in its alphabet)."""
     root_path = Path(root).expanduser().resolve()
     if split not in ("vinyals", "background"):
         raise DataError(f"data.split={split} is not one of: vinyals, background")
@@ -194,14 +197,18 @@ def load_omniglot(root: str, split: str = "vinyals", image_size: int = 28,
         save_cache({"version": CACHE_VERSION, "keys": keys, "images": images}, cache)
 
     parts = _split_indices(chars, split)
-    out = {}
+    alphabet_ids = {a: i for i, a in enumerate(sorted({(c.archive, c.alphabet) for c in chars}))}
+    out, groups = {}, {}
     for name, idx in parts.items():
         x = images[torch.tensor(idx, dtype=torch.long)]
+        g = torch.tensor([alphabet_ids[chars[i].archive, chars[i].alphabet] for i in idx],
+                         dtype=torch.long)
         if rotations:  # each rotation is a class of its own: [chars*4, 20, 1, H, W]
             x = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)], dim=1)
             x = x.flatten(0, 1)
-        out[name] = x.contiguous()
-    return ImageClasses("omniglot", out)
+            g = g.repeat_interleave(4)
+        out[name], groups[name] = x.contiguous(), g
+    return ImageClasses("omniglot", out, groups, episode_classes)
 
 
 def _split_indices(chars: list[Character], split: str) -> dict[str, list[int]]:
