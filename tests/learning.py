@@ -25,6 +25,7 @@ CASES: dict[str, list[str]] = {
     # 3-shot training so that clusters can open (1-shot IMP is ProtoNet with Gaussian logits)
     "imp": ["algo=imp", "data.train_shots=3", "train.meta_batch=2", "train.iterations=80"],
     "siamese": ["algo=siamese", "train.meta_batch=2", "train.iterations=80"],
+    "metanet": ["algo=metanet", "train.meta_batch=2", "train.iterations=160"],
     # a small MANN on raw pixels of an easier task (2-way, 8 x 8, little noise): on the
     # 5-way 16 x 16 default it sat at chance for the first 600 iterations (its known slow start)
     "mann": ["algo=mann", "backbone=mlp", "backbone.hidden=[]", "algo.controller=64",

@@ -27,7 +27,8 @@ PROTOCOL = {"protonet": "running", "baseline": "running", "relation": "batch",
             "anil": "batch", "reptile": "batch", "versa": "batch", "platipus": "batch",
             "bmaml": "batch", "r2d2": "running", "metaoptnet": "running",
             "cavia": "batch", "mamlpp": "batch", "imaml": "batch", "alphamaml": "batch",
-            "imp": "running", "siamese": "running", "mann": "none"}
+            "imp": "running", "siamese": "running", "mann": "none",
+            "metanet": "running"}
 PAPER_EPISODES = {"protonet": 1000, "relation": 1000, "reptile": 10000, "r2d2": 10000,
                   "metaoptnet": 1000}
 
