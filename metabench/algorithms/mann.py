@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metabench.algorithms.arguments import require
+from metabench.algorithms.base import task_metrics
 from metabench.algorithms.metric import MetricLearner, class_ranks
 from metabench.episodes import Episode
 
@@ -151,10 +152,9 @@ class MANN(MetricLearner):
         if self.training:  # the whole shuffled sequence, every step scored
             z, y = self._shuffled(z, y)
             logits, _ = self.run(z, y, episode.ways)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-            acc = (logits.argmax(-1) == y).float().mean(1)
-            loss = loss.view(y.shape).mean(1)
-            return loss.mean(), {"loss": loss.detach(), "acc": acc}
+            per_task = task_metrics(logits, y, classification=True)
+            return per_task["loss"].mean(), {"loss": per_task["loss"].detach(),
+                                             "acc": per_task["acc"]}
         loss, metrics = self.scored(self.query_logits(zs, episode.y_support, zq, episode.ways),
                                     episode)
         metrics.update(self.instance_accuracy(z, y, episode.ways))
