@@ -24,7 +24,7 @@ from rich.table import Table
 
 from metabench.console import console, err_console, report_error, warn
 from metabench.errors import ConfigError, UserError
-from metabench.report import protocol_label
+from metabench.report import inner_step_results, protocol_label
 
 GROUPS = ("algo", "data", "backbone", "logger", "experiment", "search")
 
@@ -39,6 +39,17 @@ def group_options(group: str) -> list[str]:
         elif p.is_dir():
             out += [f"{p.name}/{q.name[:-5]}" for q in p.iterdir() if q.name.endswith(".yaml")]
     return sorted(out)
+
+
+def load_group_option(group: str, name: str) -> DictConfig:
+    """A group option's YAML (``logger=none``, ``data=digits`` for evaluate), its own defaults
+    list dropped; an unknown name is the one-line error."""
+    options = group_options(group)
+    if name not in options:
+        raise ConfigError(f"{group}={name} is not one of: {', '.join(options)}")
+    node = OmegaConf.load(resources.files("metabench.configs") / group / f"{name}.yaml")
+    node.pop("defaults", None)
+    return node
 
 
 def experiment_summary() -> list[str]:
@@ -256,26 +267,24 @@ def evaluate_cmd(args: list[str]) -> int:
         bad = [a for a in args if "=" not in a]
         if bad:
             raise ConfigError(f"expected key=value overrides, got: {' '.join(bad)}")
+        choices = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args
+                   if a.split("=", 1)[0] in ("data", "logger")}  # group options, not keys
         try:
-            overrides = OmegaConf.from_dotlist(args)
+            overrides = OmegaConf.from_dotlist([a for a in args
+                                                if a.split("=", 1)[0] not in choices])
         except OmegaConfBaseException as e:
             raise ConfigError(f"bad override: {str(e).splitlines()[0]}") from None
         base = OmegaConf.load(resources.files("metabench.configs") / "evaluate.yaml")
-        logger = None
-        if isinstance(overrides.get("logger"), str):  # logger=none|wandb picks a group option
-            name = overrides.pop("logger")
-            options = group_options("logger")
-            if name not in options:
-                raise ConfigError(f"logger={name} is not one of: {', '.join(options)}")
-            logger = OmegaConf.load(resources.files("metabench.configs") / "logger" /
-                                    f"{name}.yaml")
+        # logger=none|wandb picks a group option; data=NAME tests on another dataset
+        logger = load_group_option("logger", choices["logger"]) if "logger" in choices else None
+        data = load_group_option("data", choices["data"]) if "data" in choices else None
         settings = OmegaConf.merge(base, overrides)
         if OmegaConf.is_missing(settings, "checkpoint"):
             raise ConfigError("evaluate needs checkpoint=PATH (e.g. outputs/<run>/checkpoints/"
                               "best.pt)")
         checkpoint = resolve_checkpoint(str(settings.pop("checkpoint")), say=plain)  # wandb:...
         blob = load_checkpoint(checkpoint)
-        cfg = evaluation_config(blob["config"], settings)
+        cfg = evaluation_config(blob["config"], settings, data)
         if logger is not None:
             with open_dict(cfg):
                 cfg.logger = logger
@@ -303,6 +312,10 @@ def evaluate_cmd(args: list[str]) -> int:
     plain(f"result: {results['algo']} {results['data']} {setting}: {results['metric']} "
           f"{fmt(results['mean'])} +- {fmt(results['ci95'])} over {results['episodes']} "
           f"episodes, {proto}; checkpoint {checkpoint}")
+    steps = inner_step_results(results)
+    if steps:  # a learner trained from scratch: the test metric after each inner step
+        plain("after inner step " + ", ".join(f"{t}: {fmt(v)} +- {fmt(results[f'step{t}_ci95'])}"
+                                              for t, v in steps.items()))
     if "ensemble" in results:
         plain(f"ensemble of the {len(results['ensemble'])} best kept checkpoints: "
               + ", ".join(Path(p).name for p in results["ensemble"]))
@@ -320,7 +333,8 @@ def report_cmd(args: list[str]) -> int:
         prog="metabench report",
         description="Compare finished runs and sweeps: one row per setting (seeds grouped), "
                     "unfinished or failed runs listed below; writes report.md, report.csv "
-                    "and the figures val_curves.png, test_results.png and reliability.png.")
+                    "and the figures val_curves.png, test_results.png, reliability.png and "
+                    "(learners trained from scratch) inner_steps.png.")
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="run directories or folders of them (sweeps)")
     parser.add_argument("--out", metavar="DIR",

@@ -11,12 +11,16 @@ from metabench.errors import ConfigError
 OMNIGLOT_SOURCE = "metabench.data.omniglot.load_omniglot"
 
 
-def evaluation_config(saved: dict, settings: DictConfig) -> DictConfig:
+def evaluation_config(saved: dict, settings: DictConfig,
+                      data: DictConfig | None = None) -> DictConfig:
     """The checkpoint's config with the evaluate overrides merged in. It was saved resolved,
     so a ``data.<key>`` override that the data source also takes (``split``,
     ``episode_classes``, ...) is passed on to the source; keys newer than the checkpoint get
-    their defaults first."""
+    their defaults first. ``data`` (``data=NAME``) replaces the dataset altogether, before
+    the ``data.<key>`` overrides."""
     cfg = OmegaConf.create(saved)
+    if data is not None:
+        cfg.data = data
     if "ensemble_top" not in cfg.get("eval", {}):  # checkpoints from before the key
         cfg.eval.ensemble_top = 0
     source = cfg.data.get("source", {})

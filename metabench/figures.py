@@ -11,6 +11,7 @@ from typing import Any
 from metabench.report import COMPLETE
 
 CURVES, TESTS, RELIABILITY = "val_curves.png", "test_results.png", "reliability.png"
+INNER_STEPS = "inner_steps.png"
 
 
 def available() -> bool:
@@ -129,9 +130,24 @@ def write_reliability(groups: list[dict[str, Any]], out_dir: str | Path) -> Path
     return path
 
 
+def _draw_inner_steps(ax, chosen: list[dict[str, Any]], metric: str) -> None:
+    name, scale = _axis_name(metric)
+    for g, label in zip(chosen, _labels(chosen), strict=True):
+        steps = g["inner_steps"]
+        ax.plot(list(steps), [scale * v for v in steps.values()], marker="o", markersize=3,
+                label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("inner step t (a fresh learner)")
+    ax.set_ylabel(f"test {name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def write_figures(groups: list[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     """Draw ``val_curves.png`` (one line per setting, seeds averaged) and ``test_results.png``
-    (test mean per setting with its 95% CI as an error bar) under ``out_dir``; one panel per
+    (test mean per setting with its 95% CI as an error bar) under ``out_dir``, and
+    ``inner_steps.png`` (test metric against inner step, one line per setting trained from
+    scratch) when there is one; one panel per
     metric (accuracy, MSE) present; and ``reliability.png`` (write_reliability) when a setting
     has reliability bins. Returns the files written (none when nothing to draw)."""
     import matplotlib
@@ -148,14 +164,17 @@ def write_figures(groups: list[dict[str, Any]], out_dir: str | Path) -> list[Pat
          "validation during meta-training"),
         (TESTS, [g for g in complete if g["test_mean"] is not None], _draw_tests,
          "test: mean over episodes (and seeds), 95% CI"),
+        (INNER_STEPS, [g for g in complete if g.get("inner_steps")], _draw_inner_steps,
+         "test after each inner step (learners trained from scratch)"),
     )
     for filename, shown, draw, title in figures:
-        if not shown or not metrics:
+        panels = [m for m in metrics if any(g["metric"] == m for g in shown)]
+        if not panels:
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), 4.2),
+        fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2),
                                  squeeze=False)
-        for ax, metric in zip(axes[0], metrics, strict=True):
+        for ax, metric in zip(axes[0], panels, strict=True):
             draw(ax, [g for g in shown if g["metric"] == metric], metric)
         fig.suptitle(title)
         fig.tight_layout()

@@ -202,9 +202,19 @@ def read_run(path: str | Path) -> dict[str, Any]:
         "transductive": results.get("transductive") if results else None,
         "norm": results.get("norm") if results else None,
         "test_seed": results.get("test_seed") if results else None,
-        "val_curve": curve,
+        "val_curve": curve, "inner_steps": inner_step_results(results),
         "error": (stopped or {}).get("error"),
     }
+
+
+def inner_step_results(results: dict[str, Any] | None) -> dict[int, float]:
+    """A learner trained from scratch records its test metric after inner step t as
+    ``step<t>``: {t: value}, empty for every other learner."""
+    out = {}
+    for k, v in (results or {}).items():
+        if k.startswith("step") and k[4:].isdigit() and _number(v) is not None:
+            out[int(k[4:])] = float(v)
+    return dict(sorted(out.items()))
 
 
 def live_status(run_dir: Path) -> str | None:
@@ -322,6 +332,13 @@ def _uncertainty_means(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def mean_inner_steps(runs: list[dict[str, Any]]) -> dict[int, float]:
+    """The seeds' per-inner-step test metrics averaged at the steps every tested seed has."""
+    have = [r["inner_steps"] for r in runs if r.get("inner_steps")]
+    steps = sorted(set.intersection(*(set(h) for h in have))) if have else []
+    return {t: sum(h[t] for h in have) / len(have) for t in steps}
+
+
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per (algo, data, backbone, ways, shots) over runs whose training finished:
     seed count, mean test mean and its sample std across seeds, mean CI95, mean best val, the
@@ -347,7 +364,8 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seconds": _mean(secs), "best_val": _mean(bests),
             "test_mean": _mean(tests),
             "test_std": statistics.stdev(tests) if len(tests) > 1 else None,  # one seed: no sd
-            "test_ci95": _mean(cis), **_uncertainty_means(runs), "runs": runs,
+            "test_ci95": _mean(cis), **_uncertainty_means(runs),
+            "inner_steps": mean_inner_steps(runs), "runs": runs,
         })
     for r in rows:
         if r["status"] not in COMPLETE:
@@ -355,7 +373,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "seeds": 1, "tested": 0, "iterations": [r["iterations"]],
                         "seconds": r["seconds"], "best_val": r["best_val"], "test_mean": None,
                         "test_std": None, "test_ci95": None, **_uncertainty_means([]),
-                        "runs": [r]})
+                        "inner_steps": {}, "runs": [r]})
     return out
 
 

@@ -101,6 +101,17 @@ def _md_table(header: Iterable[str], lines: Iterable[list[str]]) -> str:
     return "\n".join(out)
 
 
+def inner_step_table(groups: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Columns (setting, t = ...) and one row per setting with per-inner-step results."""
+    shown = [g for g in groups if g.get("inner_steps")]
+    steps = sorted({t for g in shown for t in g["inner_steps"]})
+    header = ["algo", "data", "setting", *[f"t = {t}" for t in steps]]
+    lines = [[_s(g["algo"]), _s(g["data"]), f"{g['ways']}w{g['shots']}s",
+              *[fmt_value(g["inner_steps"].get(t), g["metric"]) for t in steps]]
+             for g in shown]
+    return header, lines
+
+
 def write_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
                  out_dir: str | Path) -> list[Path]:
     """Write ``report.md`` (settings table, then every run with its status) and ``report.csv``
@@ -131,6 +142,12 @@ def write_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
     warning = protocol_warning(complete)
     if warning:
         md += [f"**{warning}**", ""]
+    header, lines = inner_step_table(complete)
+    if lines:
+        md += ["## After each inner step (learners trained from scratch)", "",
+               _md_table(header, lines), "",
+               "Test metric after t inner steps of a fresh learner (results.json step<t>), "
+               "mean over seeds (inner_steps.png draws it).", ""]
     if pending:
         md += ["## Unfinished or failed runs", "",
                _md_table(("run", "status", "why"),
@@ -162,6 +179,14 @@ def print_report(rows: list[dict[str, Any]], groups: list[dict[str, Any]],
         if g["status"] in COMPLETE:
             table.add_row(*_group_cells(g), *_uncertainty_cells(g, show_ci=False))
     console.print(table)
+    header, lines = inner_step_table([g for g in groups if g["status"] in COMPLETE])
+    if lines:
+        steps = Table(title="test after each inner step (trained from scratch)", pad_edge=False)
+        for col in header:
+            steps.add_column(col)
+        for line in lines:
+            steps.add_row(*line)
+        console.print(steps)
     warning = protocol_warning([g for g in groups if g["status"] in COMPLETE])
     if warning:
         console.print(f"note: {warning}", highlight=False, soft_wrap=True)

@@ -261,13 +261,15 @@ def results_name(cfg: DictConfig, blob: dict[str, Any]) -> str:
     """``results.json`` for the test setting the run was trained for; for another setting
     ``results_<ways>w<shots>s.json``, so evaluating a checkpoint in several settings keeps
     each result (and the run's own, which ``metabench report`` reads)."""
-    spec = episode_spec(cfg, False)
-    own = episode_spec(OmegaConf.create(blob["config"]), False)
+    saved = OmegaConf.create(blob["config"])
+    spec, own = episode_spec(cfg, False), episode_spec(saved, False)
     top = int(cfg.eval.get("ensemble_top", 0))
     suffix = f"_top{top}" if top > 0 else ""  # an ensemble's result beside the single one's
     classes = _episode_classes(cfg)
-    if classes != _episode_classes(OmegaConf.create(blob["config"])):
+    if classes != _episode_classes(saved):
         suffix = f"_{classes}{suffix}"  # e.g. results_within_alphabet.json
+    if cfg.data.name != saved.data.name:  # another dataset: results_digits.json
+        suffix = f"_{cfg.data.name}{suffix}"
     if (spec.ways, spec.shots) == (own.ways, own.shots):
         return f"results{suffix}.json"
     return f"results_{spec.ways}w{spec.shots}s{suffix}.json"
@@ -340,17 +342,26 @@ def evaluate(cfg: DictConfig, checkpoint: Path, blob: dict[str, Any],
     if int(cfg.eval.get("ensemble_top", 0)) > 0:  # before any work: enough kept checkpoints
         top_checkpoints(Path(checkpoint).parent, int(cfg.eval.ensemble_top))
     data, learner, device = prepare(cfg, ("test",))
-    if tuple(blob["model"].keys()) != tuple(learner.state_dict().keys()):
+    own = learner.state_dict()
+    if tuple(blob["model"].keys()) != tuple(own.keys()):
         raise ConfigError(f"checkpoint {checkpoint} does not fit algo={cfg.algo.name} "
                           f"backbone={cfg.backbone.name}")
+    bad = [k for k, v in blob["model"].items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:  # e.g. data=<another dataset> of another image size for a learned init
+        raise ConfigError(f"checkpoint {checkpoint} does not fit data={cfg.data.name} with "
+                          f"input shape {tuple(data.input_shape)} ({bad[0]} is "
+                          f"{tuple(blob['model'][bad[0]].shape)}, this data needs "
+                          f"{tuple(own[bad[0]].shape)}): set data.image_size to the training's")
     results = evaluate_loaded(cfg, data, learner, device, blob, checkpoint)
     if cfg.logger.name == "wandb":
         wb = wandb_logger(cfg, Path(checkpoint).resolve().parent.parent, blob.get("wandb_id"),
                           None, "evaluate", say)
-        wb.summary({f"test/{results['metric']}": results["mean"],
-                    f"test/{results['metric']}_ci95": results["ci95"],
-                    "test/episodes": results["episodes"],
-                    **{f"test/{k}": results[k] for k in (*UNCERTAINTY_KEYS, *learner.reported)
+        same = cfg.data.name == blob["config"]["data"]["name"]
+        t = "test" if same else f"test_{cfg.data.name}"  # another dataset beside the own
+        wb.summary({f"{t}/{results['metric']}": results["mean"],
+                    f"{t}/{results['metric']}_ci95": results["ci95"],
+                    f"{t}/episodes": results["episodes"],
+                    **{f"{t}/{k}": results[k] for k in (*UNCERTAINTY_KEYS, *learner.reported)
                        if k in results},
                     **{f"protocol/{k}": v for k, v in protocol(cfg, learner).items()}})
         wb.close()

@@ -67,6 +67,20 @@ CASES: dict[str, list[str]] = {
     # outer rate than its 5e-3 for this short horizon)
     "r2d2": ["algo=r2d2", "algo.scale_init=10.0", "train.iterations=80", "train.lr=0.001"],
     "metaoptnet": ["algo=metaoptnet", "train.meta_batch=2", "train.iterations=80"],
+    # the learned rules, each training a fresh MLP from scratch on 5-shot 8 x 8 tasks for
+    # 5 steps (the test unrolls to 10). BLUR from the gradient genome with every gene free:
+    # from a random genome it stayed at chance for 400 iterations here (it needs thousands)
+    "blur": ["algo=blur", "algo.genome=gradient", "data.source.image_size=8",
+             "data.source.noise=0.5", "data.shots=5", "data.train_shots=5",
+             "algo.inner_steps=5", "algo.eval_inner_steps=5", "algo.report_steps=[1,10]",
+             "train.meta_batch=4", "train.iterations=100"],
+    "l2lopt": ["algo=l2lopt", "data.source.image_size=8", "data.shots=5", "data.train_shots=5",
+               "algo.inner_steps=5", "algo.eval_inner_steps=5", "algo.report_steps=[1,10]",
+               "train.meta_batch=4", "train.iterations=100", "train.lr=0.003"],
+    # the paper's cell on a small MLP learner (a learned init, 5 inner steps)
+    "metalstm": ["algo=metalstm", "backbone=mlp", "backbone.hidden=[32]",
+                 "data.source.noise=0.5", "algo.inner_steps=5", "algo.eval_inner_steps=5",
+                 "train.meta_batch=2", "train.iterations=80", "train.lr=0.003"],
     "snail": ["algo=snail", "algo.filters=32", "algo.attention=[[32,16],[32,16],[32,16]]",
               "backbone=mlp", "backbone.hidden=[64]", "data.source.noise=0.35",
               "data.train_queries=1", "train.meta_batch=16", "train.iterations=400",

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metabench.algorithms.metanet import MetaNet, log_sign
+from metabench.algorithms.coordinatewise import log_sign
+from metabench.algorithms.metanet import MetaNet
 from metabench.backbones.mlp import MLP
 from metabench.episodes import Episode
 

@@ -28,7 +28,7 @@ PROTOCOL = {"protonet": "running", "baseline": "running", "relation": "batch",
             "bmaml": "batch", "r2d2": "running", "metaoptnet": "running",
             "cavia": "batch", "mamlpp": "batch", "imaml": "batch", "alphamaml": "batch",
             "imp": "running", "siamese": "running", "mann": "none",
-            "metanet": "running"}
+            "metanet": "running", "metalstm": "batch"}
 PAPER_EPISODES = {"protonet": 1000, "relation": 1000, "reptile": 10000, "r2d2": 10000,
                   "metaoptnet": 1000}
 

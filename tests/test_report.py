@@ -5,6 +5,7 @@ and the CLI's exit codes."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import statistics
@@ -355,3 +356,29 @@ def test_reliability_figure_is_written_for_classification_settings(uncertainty_r
     assert Image.open(write_reliability(aggregate(two), tmp_path)).size == (924, 484)
     old = [r for r in rows if r["reliability"] is None]
     assert write_reliability(aggregate(old), tmp_path / "old") is None
+
+
+def test_inner_step_results_table_and_figure(tmp_path: Path):
+    """Learners trained from scratch: step<t> results averaged over seeds at the steps every
+    seed has, a report.md table, and inner_steps.png; other learners have none."""
+    root = tmp_path / "arms"
+    make_run(root, "0_sgd", algo="sgd_scratch", seed=0, test=0.7, metrics=curve(0.6),
+             extra={"step1": 0.3, "step10": 0.7, "step200": 0.8, "step1_ci95": 0.01})
+    make_run(root, "1_sgd", algo="sgd_scratch", seed=1, test=0.8, metrics=curve(0.6),
+             extra={"step1": 0.5, "step10": 0.8})
+    make_run(root, "2_proto", test=0.9, metrics=curve(0.9))
+    rows = [read_run(r) for r in find_runs([root])]
+    assert next(r for r in rows if r["run"].endswith("0_sgd"))["inner_steps"] == {
+        1: 0.3, 10: 0.7, 200: 0.8}
+    groups = aggregate(rows)
+    sgd = next(g for g in groups if g["algo"] == "sgd_scratch")
+    assert sgd["inner_steps"] == {1: pytest.approx(0.4), 10: pytest.approx(0.75)}
+    assert next(g for g in groups if g["algo"] == "protonet")["inner_steps"] == {}
+    md = write_report(rows, groups, tmp_path / "out")[0].read_text()
+    assert "## After each inner step" in md
+    assert "| sgd_scratch | synthetic | 5w1s | 40.00% | 75.00% |" in md
+    if importlib.util.find_spec("matplotlib") is None:
+        return
+    from metabench.figures import INNER_STEPS, write_figures
+
+    assert INNER_STEPS in [p.name for p in write_figures(groups, tmp_path / "figs")]

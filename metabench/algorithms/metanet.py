@@ -32,17 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metabench.algorithms.arguments import require
+from metabench.algorithms.coordinatewise import log_sign
 from metabench.algorithms.metric import MetricLearner
 
 Params = dict[str, Tensor]
-
-
-def log_sign(g: Tensor, p: float = 10.0) -> Tensor:
-    """Andrychowicz et al.'s gradient preprocessing: [..., 2] per coordinate."""
-    big = g.abs() >= math.exp(-p)
-    scale = torch.where(big, g.abs().clamp_min(1e-30).log() / p, -torch.ones_like(g))
-    sign = torch.where(big, g.sign(), math.exp(p) * g)
-    return torch.stack([scale, sign], -1)
 
 
 class WeightGenerator(nn.Module):
