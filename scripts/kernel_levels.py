@@ -27,7 +27,8 @@ ORDER = ["DEFAULT", "AVX2", "AVX512"]
 FILES = ["test_maml.py", "test_gradient_family.py", "test_task_batching.py",
          "test_distributed.py", "test_bench_baseline.py", "test_conv4.py", "test_resnet12.py",
          "test_protonet.py", "test_matching.py", "test_relation.py", "test_baseline.py",
-         "test_snail.py", "test_protocols.py"]
+         "test_snail.py", "test_protocols.py", "test_blur.py", "test_scratch.py",
+         "test_metalstm.py"]
 
 
 def capability(env: dict[str, str]) -> str:

@@ -125,7 +125,7 @@ def test_blur_learns_synthetic(tmp_path, cfg_factory):
     from learning import CASES, train_and_compare
 
     before, after = train_and_compare(cfg_factory, tmp_path, *CASES["blur"])
-    # 3 runs (seeds 0-2, AVX512; scripts/learning_spread.py): after 0.429 +- 0.016 (min
-    # 0.412), gap 0.161 +- 0.016 (min 0.145); chance 0.2
+    # scripts/learning_spread.py: seeds 0-2 AVX512 after 0.429 +- 0.016 (min 0.412); seeds 0-5
+    # DEFAULT and AVX2 alike 0.444 +- 0.020 (min 0.412), gap min 0.145; chance 0.2
     assert after >= 0.35, (before, after)
     assert after >= before + 0.08, (before, after)

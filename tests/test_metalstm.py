@@ -72,6 +72,7 @@ def test_metalstm_learns_synthetic(tmp_path, cfg_factory):
     from learning import CASES, train_and_compare
 
     before, after = train_and_compare(cfg_factory, tmp_path, *CASES["metalstm"])
-    # 2 runs (seeds 0-1, AVX512): after 0.491 and 0.486, before 0.276 and 0.268; chance 0.2
-    assert after >= 0.38, (before, after)
+    # scripts/learning_spread.py, seeds 0-5: after 0.452 +- 0.056 (min 0.376) with DEFAULT
+    # kernels, 0.457 +- 0.050 (min 0.398) with AVX2; gap min 0.123; chance 0.2
+    assert after >= 0.33, (before, after)
     assert after >= before + 0.1, (before, after)
