@@ -12,7 +12,7 @@ from metabench import run
 from metabench.evaluation import run_episodes, summarize
 
 FAST = ["data=synthetic", "logger=none", "data.source.image_size=16", "data.source.noise=0.9",
-        "train.eval_every=1000", "train.val_episodes=50", "eval.episodes=100", "eval.batch=50"]
+        "train.eval_every=1000", "train.val_episodes=10", "eval.episodes=100", "eval.batch=50"]
 
 # name -> the overrides its test passes to train_and_compare (after FAST)
 CASES: dict[str, list[str]] = {
@@ -67,6 +67,10 @@ CASES: dict[str, list[str]] = {
     # outer rate than its 5e-3 for this short horizon)
     "r2d2": ["algo=r2d2", "algo.scale_init=10.0", "train.iterations=80", "train.lr=0.001"],
     "metaoptnet": ["algo=metaoptnet", "train.meta_batch=2", "train.iterations=80"],
+    # PLATIPUS: MAML's case with 2 weight samples at test; 50 test episodes (each costs two
+    # sampled adaptations)
+    "platipus": ["algo=platipus", "train.meta_batch=4", "train.iterations=100",
+                 "algo.eval_samples=2", "eval.episodes=50"],
     # the learned rules, each training a fresh MLP from scratch on 5-shot 8 x 8 tasks for
     # 5 steps (the test unrolls to 10). BLUR from the gradient genome with every gene free:
     # from a random genome it stayed at chance for 400 iterations here (it needs thousands)
@@ -91,11 +95,11 @@ CASES: dict[str, list[str]] = {
 MSE_CASES: dict[str, list[str]] = {
     "maml_sinusoid": ["experiment=quick/maml_sinusoid", "logger=none", "train.iterations=600",
                       "train.meta_batch=10", "train.lr=0.003", "train.eval_every=1000",
-                      "eval.episodes=200", "train.val_episodes=50"],
+                      "eval.episodes=200", "train.val_episodes=10"],
     # CAVIA's sinusoid defaults (5 context parameters, inner rate 1.0, 1 step), MAML's budget
     "cavia_sinusoid": ["algo=cavia", "data=sinusoid", "logger=none", "train.iterations=600",
                        "train.meta_batch=10", "train.lr=0.003", "train.eval_every=1000",
-                       "eval.episodes=200", "train.val_episodes=50"],
+                       "eval.episodes=200", "train.val_episodes=10"],
 }
 
 

@@ -100,12 +100,10 @@ def test_vmap_is_refused_in_one_line():
 
 
 def test_platipus_learns_synthetic(tmp_path, cfg_factory):
-    from learning import train_and_compare
+    from learning import CASES, train_and_compare
 
-    before, after = train_and_compare(cfg_factory, tmp_path, "algo=platipus",
-                                      "train.meta_batch=4", "train.iterations=100",
-                                      "algo.eval_samples=2")
-    # measured: 0.754 (before 0.260) in a CI run on a loaded machine; the spread over seeds and
-    # kernels is not yet measured, so the thresholds keep a wide margin (chance 0.2)
-    assert after >= 0.6, (before, after)
-    assert after >= before + 0.3, (before, after)
+    before, after = train_and_compare(cfg_factory, tmp_path, *CASES["platipus"])
+    # spread (scripts/learning_spread.py --seeds 6, 18 runs): after 0.711-0.723 +- 0.035 (min
+    # 0.657) on AVX512, DEFAULT and AVX2 kernels, gap 0.458-0.469 +- 0.05 (min 0.378); chance 0.2
+    assert after >= 0.55, (before, after)
+    assert after >= before + 0.25, (before, after)
