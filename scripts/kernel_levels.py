@@ -33,8 +33,9 @@ FILES = ["test_maml.py", "test_gradient_family.py", "test_task_batching.py",
          "test_metalstm.py"]
 # DEFAULT (SSE4.1) is no machine's own level (every machine of this kind has AVX2): there the
 # files run without their learning tests, whose thresholds come from spreads measured over
-# seeds under every level (scripts/learning_spread.py), and keep their exactness and tolerance
-# tests; AVX2 and AVX512, the levels real machines run, get every test of the files
+# seeds (scripts/learning_spread.py, most also under DEFAULT and AVX2), and keep their
+# exactness and tolerance tests; AVX2 and AVX512, the levels real machines run, get every
+# test of the files
 NOT_LEARNING = "not learns_synthetic and not sinusoid_adapts"
 SELECT = {"default": ["-k", NOT_LEARNING]}
 
