@@ -158,7 +158,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
     optimizer, scheduler = build_optimizer(cfg, learner)
     generator = torch.Generator().manual_seed(cfg.seed)
     ckpt_dir = run_dir / "checkpoints"
-    start, best, run_id, reference = 0, -math.inf, None, None
+    start, best, run_id, reference, earlier = 0, -math.inf, None, None, 0.0
     last = ckpt_dir / "last.pt"
     if t.resume and last.exists():
         blob = load_checkpoint(last)
@@ -169,6 +169,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
         set_rng_state(blob["rng"], generator)
         start, best, run_id = blob["step"], blob["best_val"], blob.get("wandb_id")
         reference = blob.get("val_reference")
+        earlier = float(blob.get("seconds", 0.0))  # the interrupted segments' training time
         if world.is_main:
             _truncate_metrics(run_dir / "metrics.jsonl", start)
             say(f"resuming from {last} at step {start}")
@@ -191,7 +192,8 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
         state = {"model": learner.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict() if scheduler else None, "step": step,
                  "best_val": best_val, "rng": rng_state(generator), "config": config,
-                 "wandb_id": run_id, "val_reference": val_reference, "data_info": info}
+                 "wandb_id": run_id, "val_reference": val_reference, "data_info": info,
+                 "seconds": earlier + time.perf_counter() - started}
         save_checkpoint(last, state)
         if is_best:
             save_checkpoint(ckpt_dir / "best.pt", state)
@@ -204,7 +206,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
                             t.get("divergence_factor", 1e4))
     train_sampler = sampler(cfg, data, "train", device)
     val_sampler = sampler(cfg, data, "val", device)
-    started = time.perf_counter()
+    started = time.perf_counter()  # with ``earlier``: every segment of a resumed run
     try:
         # train.compile: torch.compile the learner; checkpoints still come from ``learner``
         model = torch.compile(learner) if t.get("compile", False) else learner
@@ -216,7 +218,7 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
             if world.is_main:
                 stopped_summary(run_dir, e)
             raise
-        out["seconds"] = time.perf_counter() - started
+        out["seconds"] = earlier + time.perf_counter() - started
         if not world.is_main:
             return out
         kind_acc = data.kind == "classification"
@@ -227,9 +229,14 @@ def _train(cfg: DictConfig, run_dir: Path, data: Any, learner: MetaLearner,
                            "seconds": out["seconds"], "best_val": best_val},
                           run_dir / "summary.json")
         if t.evaluate_at_end:
-            out["test"] = evaluate_loaded(cfg, data, learner, device,
-                                          load_checkpoint(ckpt_dir / "best.pt"),
-                                          ckpt_dir / "best.pt")
+            try:
+                out["test"] = evaluate_loaded(cfg, data, learner, device,
+                                              load_checkpoint(ckpt_dir / "best.pt"),
+                                              ckpt_dir / "best.pt")
+            except KeyboardInterrupt:  # Ctrl-C / SIGTERM: training itself is complete
+                raise Interrupted(f"interrupted during the test, after training finished: "
+                                  f"test with metabench evaluate checkpoint="
+                                  f"{ckpt_dir / 'best.pt'}") from None
             metric = out["test"]["metric"]
             logger.summary({f"test/{metric}": out["test"]["mean"],
                             f"test/{metric}_ci95": out["test"]["ci95"],

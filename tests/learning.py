@@ -71,6 +71,12 @@ CASES: dict[str, list[str]] = {
     # sampled adaptations)
     "platipus": ["algo=platipus", "train.meta_batch=4", "train.iterations=100",
                  "algo.eval_samples=2", "eval.episodes=50"],
+    # BMAML: 2 particles, first order on MAML's stride-2 Conv-4 (the Omniglot preset's choice:
+    # on this small net MAML and BMAML both learn slower in second order in so short a run)
+    "bmaml": ["algo=bmaml", "algo.particles=2", "algo.inner_lr=0.1", "algo.first_order=true",
+              "algo.eval_inner_steps=1", "backbone.hidden=32", "backbone.downsample=stride",
+              "backbone.readout=mean", "train.meta_batch=2", "train.iterations=60",
+              "eval.episodes=50"],
     # the learned rules, each training a fresh MLP from scratch on 5-shot 8 x 8 tasks for
     # 5 steps (the test unrolls to 10). BLUR from the gradient genome with every gene free:
     # from a random genome it stayed at chance for 400 iterations here (it needs thousands)

@@ -62,9 +62,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     killed_at = load_checkpoint(cut / "checkpoints" / "last.pt")["step"]
     assert 30 <= killed_at < 120
 
+    first_seconds = load_checkpoint(cut / "checkpoints" / "last.pt")["seconds"]
+    assert first_seconds > 0
+    wall = time.perf_counter()
     r = subprocess.run(command(cut, norm, "train.resume=true"), env=env(), capture_output=True,
                        text=True, cwd=tmp_path)
+    wall = time.perf_counter() - wall
     assert r.returncode == 0, r.stderr
+    # the training time counts both segments (the killed one up to its last checkpoint)
+    seconds = json.loads((cut / "summary.json").read_text())["seconds"]
+    assert 0 < seconds - first_seconds < wall
     assert f"resuming from {cut / 'checkpoints' / 'last.pt'} at step {killed_at}" in \
         r.stdout.replace("\n", "")
     a, b = weights(whole), weights(cut)
@@ -95,6 +102,27 @@ def test_ctrl_c_or_sigterm_writes_checkpoint_and_exits_130(tmp_path, sig):
     assert "Traceback" not in err
     step = int(err.split("interrupted after step ")[1].split(";")[0])
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == step >= 10
+
+
+def test_sigterm_during_the_final_test_keeps_the_finished_training(tmp_path):
+    """A stop while best.pt is being tested: one line, exit 130, the run stays finished."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(command(run_dir, "train.iterations=20", "train.evaluate_at_end=true",
+                                    "eval.episodes=100000"), env=env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    summary = run_dir / "summary.json"
+    end = time.time() + 300
+    while not summary.exists() and proc.poll() is None and time.time() < end:
+        time.sleep(0.05)
+    assert summary.exists(), "training did not finish"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted during the test, after training finished" in err
+    assert "metabench evaluate checkpoint=" in err and "Traceback" not in err
+    assert json.loads(summary.read_text())["finished"] is True
+    assert not (run_dir / "checkpoints" / "results.json").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

@@ -72,7 +72,7 @@ class BMAML(MetaLearner):
     def __init__(self, backbone: nn.Module, kind: str, ways: int, particles: int = 5,
                  inner_lr: float = 0.1, leader_lr: float | None = None, inner_steps: int = 1,
                  leader_steps: int = 1, eval_inner_steps: int = 3, first_order: bool = False,
-                 learn_precisions: bool = False, weight_precision: float = 1.0,
+                 learn_precisions: bool = False, weight_precision: float = 0.0,
                  noise_precision: float = 100.0, a_gamma: float = 2.0, b_gamma: float = 0.2,
                  a_lambda: float = 2.0, b_lambda: float = 2.0, precision_lr_scale: float = 1.0,
                  task_batching: str = "auto"):
