@@ -116,6 +116,16 @@ def test_every_algo_data_pair_has_its_defaults_or_one_line(cfg_factory, algo):
             assert cfg.backbone.name == "mlp"  # vectors, not images
 
 
+@pytest.mark.parametrize("algo", sorted(p.removesuffix("_sinusoid") for p in PAIRS
+                                       if p.endswith("_sinusoid")))
+def test_every_sinusoid_default_applies_to_the_harder_variant(cfg_factory, algo):
+    plain = cfg_factory(f"algo={algo}", "data=sinusoid", "logger=none")
+    harder = cfg_factory(f"algo={algo}", "data=sinusoid_bmaml", "logger=none")
+    assert harder.data.name == "sinusoid_bmaml"
+    assert harder.algo == plain.algo and harder.train == plain.train, algo
+    assert harder.backbone == plain.backbone, algo
+
+
 def test_maml_on_sinusoid_gets_the_papers_settings(cfg_factory):
     cfg = cfg_factory("algo=maml", "data=sinusoid")
     assert cfg.backbone.name == "mlp" and list(cfg.backbone.hidden) == [40, 40]

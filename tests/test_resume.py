@@ -59,10 +59,10 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     wait_for_step(cut, proc, 40)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    killed_at = load_checkpoint(cut / "checkpoints" / "last.pt")["step"]
+    killed = load_checkpoint(cut / "checkpoints" / "last.pt")
+    killed_at, first_seconds = killed["step"], killed["seconds"]
     assert 30 <= killed_at < 120
 
-    first_seconds = load_checkpoint(cut / "checkpoints" / "last.pt")["seconds"]
     assert first_seconds > 0
     wall = time.perf_counter()
     r = subprocess.run(command(cut, norm, "train.resume=true"), env=env(), capture_output=True,

@@ -6,7 +6,6 @@ argument checks."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -112,20 +111,6 @@ def test_bmaml_config_builds_its_pool(cfg_factory):
     assert train.pool[0].shape == (100, 30, 1) and train.noisy_queries  # 10 + 20 points
     assert not run.sampler(cfg, data, "test", torch.device("cpu")).noisy_queries
     assert cfg.algo.name == "alpaca" and cfg.backbone.activation == "tanh"  # the pair's
-
-
-ALGO_DATA = Path(__file__).resolve().parents[1] / "configs" / "algo_data"
-WITH_SINUSOID_DEFAULTS = sorted(p.name.removesuffix("_sinusoid.yaml")
-                                for p in ALGO_DATA.glob("*_sinusoid.yaml"))
-
-
-@pytest.mark.parametrize("algo", WITH_SINUSOID_DEFAULTS)
-def test_every_sinusoid_default_applies_to_the_harder_variant(cfg_factory, algo):
-    plain = cfg_factory(f"algo={algo}", "data=sinusoid", "logger=none")
-    harder = cfg_factory(f"algo={algo}", "data=sinusoid_bmaml", "logger=none")
-    assert harder.data.name == "sinusoid_bmaml"
-    assert harder.algo == plain.algo and harder.train == plain.train, algo
-    assert harder.backbone == plain.backbone, algo
 
 
 @pytest.mark.parametrize("kwargs, message", [
