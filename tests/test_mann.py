@@ -132,3 +132,18 @@ def test_key_strength_sharpens_the_reads_and_is_off_by_default():
         m.strength.bias.fill_(30.0)  # beta ~ 31
         _, sharp = m.run(x, y, 3)
     assert sharp.read_w.max() > flat.read_w.max()
+
+
+def test_read_scale_multiplies_the_cosines_in_the_read_softmax():
+    x, y = torch.randn(1, 1, 5, dtype=torch.float64), torch.tensor([[0]])
+    with torch.no_grad():
+        _, sharp = small(read_scale=10.0).run(x, y, 3)
+        _, plain = small().run(x, y, 3)
+    # one step from the same fresh state: the same keys and memory (written before the read,
+    # so the slots differ), hence the sharp read weights are softmax(10 log w) of the plain ones
+    assert plain.read_w.std() > 1e-3
+    expected = (10.0 * plain.read_w.log()).softmax(-1)
+    assert torch.allclose(sharp.read_w, expected, atol=1e-12)
+    assert sharp.read_w.max() > plain.read_w.max()
+    with pytest.raises(ValueError, match="read_scale"):
+        small(read_scale=0.0)

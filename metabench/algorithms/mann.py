@@ -19,7 +19,9 @@ each class.
 Deviations: with a conv backbone the controller reads its embedding (``backbone=mlp
 backbone.hidden=[]`` feeds raw pixels, as the paper); the read keys double as the written
 vectors, as in the paper's equations. ``key_strength`` (off by default) adds the NTM's learned
-sharpening of the read softmax, which the paper's equations do not have."""
+sharpening of the read softmax, and ``read_scale`` (1 by default) a fixed one, softmax(scale *
+cosine): the paper's equations have neither, and over 128 slots the plain softmax of cosines
+in [-1, 1] gives no slot more than e / (e + 127 / e) ~ 5% of a read."""
 
 from __future__ import annotations
 
@@ -72,16 +74,18 @@ class MANN(MetricLearner):
 
     def __init__(self, backbone: nn.Module, kind: str, ways: int, controller: int = 200,
                  slots: int = 128, slot_size: int = 40, reads: int = 4, gamma: float = 0.95,
-                 instances: int = 10, key_strength: bool = False):
+                 instances: int = 10, key_strength: bool = False, read_scale: float = 1.0):
         super().__init__(backbone, kind, ways)
         require("a positive integer", controller=controller, slots=slots,
                 slot_size=slot_size, reads=reads, instances=instances)
         require("a non-negative number", gamma=gamma)
+        require("a positive number", read_scale=read_scale)
         require("true or false", key_strength=key_strength)
         if reads > slots:
             raise ValueError(f"algo.reads={reads} must be at most algo.slots={slots}")
         self.slots, self.size, self.n_reads = slots, slot_size, reads
         self.gamma, self.instances = float(gamma), instances
+        self.read_scale = float(read_scale)
         d = backbone.out_dim
         self.cell = nn.LSTMCell(d + ways + reads * slot_size, controller)
         self.keys = nn.Linear(controller, reads * slot_size)
@@ -106,7 +110,8 @@ class MANN(MetricLearner):
         k = torch.tanh(self.keys(h)).view(b, self.n_reads, self.size)
         gate = torch.sigmoid(self.gate(h))[..., None]  # [B, reads, 1]
         memory, write_w = lrua_write(s.memory, s.usage, s.read_w, k, gate)
-        sim = F.cosine_similarity(k[:, :, None], memory[:, None], dim=-1, eps=1e-8)
+        sim = self.read_scale * F.cosine_similarity(k[:, :, None], memory[:, None], dim=-1,
+                                                    eps=1e-8)
         if self.strength is not None:
             sim = sim * (1 + F.softplus(self.strength(h)))[..., None]
         read_w = sim.softmax(-1)
